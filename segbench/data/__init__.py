@@ -1,0 +1,8 @@
+"""Data: sources (where cases are), the phantom, and the Lightning data module."""
+
+from .datamodule import SegDataModule, resize_slices, window_hu
+from .sources import NiftiFolderSource, PhantomSource
+from .volume import CaseRef, Volume, load_nifti_case, save_nifti_label
+
+__all__ = ["SegDataModule", "NiftiFolderSource", "PhantomSource", "CaseRef", "Volume", "load_nifti_case",
+           "save_nifti_label", "resize_slices", "window_hu"]

@@ -1,0 +1,25 @@
+"""Hydra / OmegaConf glue: where the configs are, resolvers, friendly errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+#: the repository root (``configs/``, ``data/``, ``outputs/`` live here in an editable install)
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = str(PROJECT_ROOT / "configs")
+
+if not OmegaConf.has_resolver("segbench_root"):
+    OmegaConf.register_new_resolver("segbench_root", lambda: str(PROJECT_ROOT))
+
+
+def report_error(exc: BaseException, what: str = "segbench") -> None:
+    """Print one line naming the problem (full traceback with SEGBENCH_TRACEBACK=1)."""
+    if os.environ.get("SEGBENCH_TRACEBACK"):
+        traceback.print_exception(exc)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    print(f"{what}: error: {message}", file=sys.stderr)

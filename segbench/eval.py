@@ -1,0 +1,78 @@
+"""``segbench-eval ckpt_path=...``: score a checkpoint on its run's test split.
+
+The training run's own config is loaded from ``<run>/.hydra/config.yaml`` (the
+checkpoint lives in ``<run>/checkpoints/``), so data, model and loss always match
+the checkpoint; ``metrics``, ``test`` and ``data`` overrides from the command
+line are applied on top. Results go to this evaluation's own run directory.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .config import CONFIG_DIR, PROJECT_ROOT, report_error
+from .errors import ConfigError, DataError, SegbenchError
+
+
+def training_config(cfg: DictConfig) -> DictConfig:
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise DataError(f"checkpoint {ckpt} not found; pass ckpt_path=<run>/checkpoints/last.ckpt")
+    path = Path(cfg.train_config) if cfg.train_config else ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"training config {path} not found; pass train_config=<run>/.hydra/config.yaml")
+    train_cfg = OmegaConf.load(path)
+    with open_dict(train_cfg):
+        train_cfg.metrics = cfg.metrics
+        train_cfg.test = cfg.test
+        train_cfg.data = OmegaConf.merge(train_cfg.data, cfg.data)
+        # paths are re-resolved for this machine / this evaluation's run directory
+        train_cfg.paths = cfg.paths
+    return train_cfg
+
+
+def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
+    import pytorch_lightning as pl
+
+    from .evaluation import format_table
+    from .runinfo import device_description, git_revision, package_versions
+    from .train import build
+
+    start = time.time()
+    train_cfg = training_config(cfg)
+    datamodule, module = build(train_cfg)
+    if cfg.test.get("save_predictions"):
+        module.prediction_dir = output_dir / "predictions"
+    trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), logger=False, enable_checkpointing=False,
+                         default_root_dir=str(output_dir), enable_model_summary=False)
+    datamodule.prepare_data()
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False)
+    extra = {"run": {"output_dir": str(output_dir), "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+                     "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
+                     "device": device_description(), "wall_time_s": round(time.time() - start, 1)},
+             "splits": datamodule.splits}
+    summary = module.evaluator.write(output_dir / "results", config=OmegaConf.to_container(train_cfg, resolve=True),
+                                     extra=extra)
+    print(format_table(summary))
+    print(f"results: {output_dir / 'results'}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except (SegbenchError, ValueError, FileNotFoundError) as exc:
+        report_error(exc, "segbench-eval")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

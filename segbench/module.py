@@ -1,0 +1,188 @@
+"""The one LightningModule: a network, a loss from the registry, SGD with poly decay.
+
+Training logs ``train/loss`` (and the loss's own scalars, e.g. learnable class
+weights, as ``loss/<key>``); validation logs ``val/dice`` and ``val/dice/<organ>``
+(3D Dice per validation case at model resolution, averaged over cases) and a few
+image / label / prediction overlays; testing predicts whole cases slice by slice,
+resizes the class probabilities back to the native grid and scores them with
+:class:`segbench.evaluation.CaseEvaluator`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.volume import save_nifti_label
+from .errors import ConfigError
+from .evaluation import CaseEvaluator
+from .losses import build_loss
+
+#: Overlay colours per class id (background transparent).
+PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
+                    [0, 128, 128], [220, 190, 255], [170, 110, 40]], dtype=np.float32) / 255.0
+
+
+def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
+    """``lr_t = lr_0 * (1 - t / T) ** power`` (TransUNet / AFW-Dice poly decay)."""
+    total = max(int(total_steps), 1)
+    return lambda step: (1.0 - min(step, total) / total) ** power
+
+
+class SegModule(pl.LightningModule):
+    """Segmentation training with any registered loss.
+
+    Args:
+        net: the network (``[B, 1, H, W] -> [B, C, H, W]`` logits).
+        loss: loss config, ``{"name": ..., **options}`` (see ``configs/loss``).
+        optimizer: partial optimiser constructor taking ``params``.
+        scheduler: ``{"name": "poly" | "none", "power": 0.9, "interval": "step" | "epoch"}``.
+        class_names: names by class id, background first.
+        metrics: ``{"convention": "default", "nsd_tolerance_mm": 2.0}`` for the test evaluation.
+        test: ``{"slice_batch": 32}``: how many slices are predicted at once.
+        num_overlays: image / label / prediction overlays logged per validation epoch.
+    """
+
+    def __init__(self, net: nn.Module, loss: dict[str, Any], optimizer: Callable, scheduler: dict[str, Any],
+                 class_names: Sequence[str], metrics: dict[str, Any] | None = None,
+                 test: dict[str, Any] | None = None, num_overlays: int = 4, channels_last: bool = False):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "optimizer"])
+        self.net = net
+        self.class_names = list(class_names)
+        loss = dict(loss)
+        name = loss.pop("name", None)
+        if not name:
+            raise ConfigError("loss config has no 'name'; pick one with loss=<name>")
+        self.loss_fn = build_loss(name, num_classes=len(self.class_names), class_names=self.class_names, **loss)
+        self.optimizer_factory = optimizer
+        self.scheduler_cfg = dict(scheduler or {"name": "none"})
+        if self.scheduler_cfg.get("name", "none") not in ("poly", "none"):
+            raise ConfigError(f"scheduler.name={self.scheduler_cfg['name']!r} is unknown; choose poly or none")
+        if self.scheduler_cfg.get("interval", "step") not in ("step", "epoch"):
+            raise ConfigError(f"scheduler.interval must be step or epoch, got {self.scheduler_cfg['interval']!r}")
+        metrics = dict(metrics or {})
+        self.evaluator = CaseEvaluator(self.class_names, metrics.get("convention", "default"),
+                                       metrics.get("nsd_tolerance_mm", 2.0))
+        self.slice_batch = int((test or {}).get("slice_batch", 32))
+        self.num_overlays = num_overlays
+        self.channels_last = channels_last
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._val_stats: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)
+
+    # -- training --------------------------------------------------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        self.loss_fn.on_train_epoch_start(self.current_epoch, self.trainer.max_epochs)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        logits = self(batch["image"])
+        loss = self.loss_fn(logits, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
+        for key, value in self.loss_fn.log_values().items():
+            self.log(f"loss/{key}", float(value), on_step=True, on_epoch=False)
+        return loss
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=self.parameters())
+        if self.scheduler_cfg.get("name", "none") == "none":
+            return optimizer
+        interval = self.scheduler_cfg.get("interval", "step")
+        total = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, poly_lambda(total, float(self.scheduler_cfg.get("power", 0.9))))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
+
+    # -- validation ------------------------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        n_cases = len(getattr(self.trainer.datamodule, "val_case_ids", [])) or 1
+        # per (case, class): intersection, predicted voxels, true voxels
+        self._val_stats = torch.zeros(n_cases, len(self.class_names), 3, dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        logits = self(batch["image"])
+        self.log("val/loss", self.loss_fn(logits, batch["label"]), on_epoch=True, batch_size=len(logits),
+                 sync_dist=True)
+        pred = logits.argmax(1)
+        target = batch["label"]
+        classes = torch.arange(len(self.class_names), device=pred.device)
+        pred_1h = (pred[:, None] == classes[None, :, None, None])
+        true_1h = (target[:, None] == classes[None, :, None, None])
+        stats = torch.stack([(pred_1h & true_1h).sum((2, 3)), pred_1h.sum((2, 3)), true_1h.sum((2, 3))], -1)
+        self._val_stats.index_add_(0, batch["case_index"].to(self.device), stats.double())
+
+    def on_validation_epoch_end(self) -> None:
+        stats = self.trainer.strategy.reduce(self._val_stats, reduce_op="sum")
+        inter, npred, ntrue = stats.unbind(-1)
+        denom = npred + ntrue
+        dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.full_like(denom, float("nan")))
+        per_class = dice[:, 1:].nanmean(0)
+        for name, value in zip(self.class_names[1:], per_class):
+            if not torch.isnan(value):
+                self.log(f"val/dice/{name}", value.float())
+        self.log("val/dice", per_class.nanmean().float(), prog_bar=True)
+        self._log_overlays()
+
+    def _log_overlays(self) -> None:
+        dm = self.trainer.datamodule
+        logger = self.logger
+        if self.num_overlays <= 0 or dm is None or dm.val_set is None or logger is None \
+                or not hasattr(logger.experiment, "add_image") or self.trainer.sanity_checking:
+            return
+        labels = dm.val_set.slices.labels
+        # the slices with the most organ classes visible, fixed across epochs
+        richness = torch.tensor([len(torch.unique(l)) for l in labels])
+        idx = torch.argsort(richness, descending=True, stable=True)[: self.num_overlays]
+        images = dm.val_set.slices.images[idx].to(self.device)
+        with torch.no_grad():
+            preds = self(images).argmax(1).cpu().numpy()
+        panels = [overlay_panel(img[0].cpu().numpy(), lab.numpy(), pred)
+                  for img, lab, pred in zip(images, labels[idx], preds)]
+        logger.experiment.add_image("val/overlay", np.concatenate(panels, 0), self.current_epoch,
+                                    dataformats="HWC")
+
+    # -- test ------------------------------------------------------------------------------------------------
+    def predict_volume(self, slices: torch.Tensor, native_hw: Sequence[int]) -> np.ndarray:
+        """Predict ``(Z, 1, S, S)`` slices; resize probabilities back to ``native_hw``; argmax -> (Z, Y, X)."""
+        out = []
+        for start in range(0, len(slices), self.slice_batch):
+            chunk = slices[start:start + self.slice_batch].to(self.device)
+            probs = self(chunk).float().softmax(1)
+            probs = F.interpolate(probs, size=tuple(native_hw), mode="bilinear", align_corners=False)
+            out.append(probs.argmax(1).to(torch.uint8).cpu())
+        return torch.cat(out).numpy()
+
+    #: where ``test_step`` writes NIfTI predictions (with the input's affine); None = don't
+    prediction_dir = None
+
+    def on_test_epoch_start(self) -> None:
+        self.evaluator.rows.clear()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
+        self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"])
+        if self.prediction_dir is not None:
+            save_nifti_label(self.prediction_dir / f"{batch['case_id']}.nii.gz", pred, batch["affine"])
+
+
+def overlay_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """One row: the image, the label overlay, the prediction overlay (HWC float RGB in [0, 1])."""
+    gray = np.repeat(image[..., None], 3, -1)
+
+    def blend(mask: np.ndarray) -> np.ndarray:
+        colours = PALETTE[np.clip(mask, 0, len(PALETTE) - 1)]
+        weight = (mask > 0)[..., None] * alpha
+        return gray * (1 - weight) + colours * weight
+
+    return np.concatenate([gray, blend(label), blend(pred)], 1).astype(np.float32)

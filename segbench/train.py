@@ -1,0 +1,111 @@
+"""``segbench-train``: compose a run from configs, fit, test, write the results contract.
+
+    segbench-train                                   # the default experiment on the phantom
+    segbench-train loss=afw_dice loss.gamma=0.5 trainer.max_epochs=50
+    segbench-train -m loss=ce_dice,dice seed=1,2     # a sweep (Hydra multirun)
+    segbench-train debug=smoke                       # a < 1 minute dry run
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from .config import CONFIG_DIR, PROJECT_ROOT, report_error
+from .errors import SegbenchError
+
+
+def build(cfg: DictConfig):
+    """Instantiate the data module and the LightningModule from a composed config."""
+    from hydra.utils import instantiate
+
+    from .module import SegModule
+
+    datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
+    net = instantiate(cfg.model)
+    module = SegModule(net=net, loss=OmegaConf.to_container(cfg.loss, resolve=True),
+                       optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
+                       class_names=list(cfg.data.class_names),
+                       metrics=OmegaConf.to_container(cfg.metrics), test=OmegaConf.to_container(cfg.test),
+                       channels_last=bool(cfg.get("channels_last", False)))
+    return datamodule, module
+
+
+def build_trainer(cfg: DictConfig, output_dir: Path):
+    from hydra.utils import instantiate
+
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                       default_root_dir=str(output_dir))
+
+
+def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Fit (unless ``trainer.max_epochs=0``) and test; returns the summary written to results/."""
+    import pytorch_lightning as pl
+    import torch
+
+    from .evaluation import format_table
+    from .runinfo import device_description, git_revision, package_versions
+
+    start = time.time()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("num_threads"):
+        torch.set_num_threads(int(cfg.num_threads))
+    datamodule, module = build(cfg)
+    trainer = build_trainer(cfg, output_dir)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    datamodule.write_splits(output_dir / "splits.json")
+
+    ckpt = "best"
+    if cfg.trainer.max_epochs == 0:
+        ckpt = None  # "no training": evaluate the initial weights
+    else:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
+            ckpt = None  # no validation split: test the final weights
+    if cfg.test.get("save_predictions"):
+        module.prediction_dir = output_dir / "predictions"
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    extra = {
+        "run": {"output_dir": str(output_dir), "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
+                "device": device_description(), "wall_time_s": round(time.time() - start, 1),
+                "checkpoint": ckpt and getattr(trainer.checkpoint_callback, "best_model_path", None)},
+        "splits": datamodule.splits,
+    }
+    summary = module.evaluator.write(output_dir / "results", config=config, extra=extra)
+    print(format_table(summary))
+    print(f"results: {output_dir / 'results'}")
+    return summary
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    try:
+        summary = run(cfg, output_dir)
+    except (SegbenchError, ValueError, FileNotFoundError) as exc:
+        report_error(exc, "segbench-train")
+        (output_dir / "results").mkdir(parents=True, exist_ok=True)
+        (output_dir / "results" / "error.json").write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
+            return None  # a failed job is recorded; the sweep goes on
+        sys.exit(1)
+    value = summary.get("mean_dsc")
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()
