@@ -1,0 +1,392 @@
+"""Find run directories, read their results contract, and recompute the numbers.
+
+A *run directory* is what ``segbench-train`` writes for one job: a Hydra run dir
+``outputs/train/<date>/`` or one job ``outputs/multirun/<date>/<num>/`` of a sweep::
+
+    .hydra/config.yaml        the composed config        .hydra/overrides.yaml   the job's overrides
+    results/per_case.csv      one row per case x organ   results/summary.json    means + resolved config
+    results/error.json        only when the job failed (then there is no summary)
+
+Every number the report tools show is recomputed here from ``per_case.csv``
+(mean over cases per organ, NaN = excluded case, then mean over organs: the rule
+of :func:`segbench.evaluation.summarize`); ``summary.json`` is only cross-checked.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ..errors import SegbenchError
+
+#: metrics of the results contract, and whether larger is better
+HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "hd": False, "assd": False}
+#: metrics that are fractions in [0, 1] (shown x100 with ``--percent``); the others are distances
+FRACTION_METRICS = ("dsc", "nsd")
+#: the unit of HD/HD95/ASSD for the conventions segbench knows (``summary.json`` says it too)
+HD_UNITS = {"default": "mm", "transunet": "voxels", "medpy": "mm"}
+#: column orders of the AFW-Dice paper's tables (PROTOCOL.md section A)
+ORGAN_PRESETS = {
+    "paper-table1": ["aorta", "kidney_l", "gallbladder", "kidney_r", "liver", "pancreas", "spleen", "stomach"],
+    "paper-table2": ["liver", "kidney", "pancreas", "spleen"],
+}
+REQUIRED_COLUMNS = ("case", "organ", "dsc", "hd95", "status", "convention")
+
+_MISSING = object()
+
+
+class ReportError(SegbenchError):
+    """A problem with the run directories given to a report tool (printed as one line, exit 2)."""
+
+
+@dataclass
+class Run:
+    """One run directory and what it holds (``summary``/``per_case`` are None for a failed job)."""
+
+    path: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    overrides: list[str] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    error: str | None = None
+    per_case: pd.DataFrame | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @property
+    def name(self) -> str:
+        """Short name: ``<sweep>/<job>`` for a multirun job, else the directory name."""
+        parent = self.path.parent.name
+        return f"{parent}/{self.path.name}" if self.path.name.isdigit() and parent else self.path.name
+
+    @property
+    def convention(self) -> str | None:
+        if self.per_case is not None:
+            return str(self.per_case["convention"].iloc[0])
+        if self.summary is not None:
+            return self.summary.get("convention")
+        value = get_key(self, "metrics.convention")
+        return None if value is _MISSING else str(value)
+
+    @property
+    def hd_unit(self) -> str:
+        if self.summary and self.summary.get("hd_unit"):
+            return str(self.summary["hd_unit"])
+        return HD_UNITS.get(self.convention or "", "unknown unit")
+
+    @property
+    def organs(self) -> list[str]:
+        """Organs in the order of ``summary.json`` (else of first appearance in ``per_case.csv``)."""
+        if self.per_case is None:
+            return []
+        present = list(dict.fromkeys(self.per_case["organ"]))
+        ordered = [o for o in (self.summary or {}).get("per_class", {}) if o in present]
+        return ordered + [o for o in present if o not in ordered]
+
+
+# ----------------------------------------------------------------------------------------------
+# discovery
+
+
+def _natural_key(path: Path) -> list:
+    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", str(path))]
+
+
+def _is_run_dir(path: Path) -> bool:
+    return ((path / "results" / "summary.json").is_file() or (path / "results" / "error.json").is_file()
+            or (path / ".hydra" / "config.yaml").is_file())
+
+
+def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand each path to the run directories at or below it (a sweep dir -> its jobs), in natural order.
+
+    A path may be a run dir, its ``results/`` dir, a Hydra multirun sweep dir (with
+    ``multirun.yaml`` and numbered job dirs) or any directory above such dirs.
+    """
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise ReportError(f"no such directory: {path}")
+        if path.is_file():
+            raise ReportError(f"expected a run directory, got a file: {path}")
+        if path.name == "results" and ((path / "summary.json").is_file() or (path / "error.json").is_file()):
+            path = path.parent
+        if _is_run_dir(path):
+            found.append(path)
+            continue
+        mine = []
+        for root, dirs, _files in os.walk(path, followlinks=False):
+            root_path = Path(root)
+            if root_path != path and _is_run_dir(root_path):
+                mine.append(root_path)
+                dirs[:] = []  # a run dir does not contain other runs
+                continue
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        if not mine:
+            raise ReportError(f"no runs found in {path} (looked for results/summary.json, results/error.json "
+                              "or .hydra/config.yaml at or below it)")
+        found.extend(sorted(mine, key=_natural_key))
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# loading
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReportError(f"unreadable {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"corrupt {path.name}: {path}: {str(exc).splitlines()[0]}") from exc
+
+
+def read_per_case(path: Path) -> pd.DataFrame:
+    """Read and validate ``per_case.csv``; any problem is a :class:`ReportError` naming the file."""
+    if not path.is_file():
+        raise ReportError(f"missing per_case.csv: {path} (summary.json is there but the per-case results are not)")
+    try:
+        frame = pd.read_csv(path, dtype={"case": str, "organ": str, "status": str, "convention": str},
+                            keep_default_na=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
+        raise ReportError(f"corrupt per_case.csv: {path}: {str(exc).splitlines()[0]}") from exc
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ReportError(f"corrupt per_case.csv: {path}: missing column(s) {', '.join(missing)}")
+    if frame.empty:
+        raise ReportError(f"corrupt per_case.csv: {path}: no rows")
+    for column in HIGHER_IS_BETTER:
+        if column not in frame.columns:
+            frame[column] = np.nan
+            continue
+        try:
+            frame[column] = pd.to_numeric(frame[column], errors="raise").astype(float)
+        except (ValueError, TypeError) as exc:
+            raise ReportError(f"corrupt per_case.csv: {path}: column {column!r} is not numeric "
+                              f"({str(exc).splitlines()[0]})") from exc
+    if frame[["case", "organ", "convention"]].isna().any().any():
+        raise ReportError(f"corrupt per_case.csv: {path}: empty case/organ/convention fields")
+    conventions = sorted(set(frame["convention"]))
+    if len(conventions) > 1:
+        raise ReportError(f"corrupt per_case.csv: {path}: mixes conventions {', '.join(conventions)}")
+    if frame.duplicated(["case", "organ"]).any():
+        raise ReportError(f"corrupt per_case.csv: {path}: duplicate (case, organ) rows")
+    return frame
+
+
+def load_run(path: Path) -> Run:
+    """Read one run directory (a failed job comes back with ``error`` set, not as an exception)."""
+    run = Run(path=Path(path))
+    hydra_cfg = path / ".hydra" / "config.yaml"
+    if hydra_cfg.is_file():
+        run.config = _read_yaml(hydra_cfg) or {}
+    overrides = path / ".hydra" / "overrides.yaml"
+    if overrides.is_file():
+        run.overrides = [str(o) for o in (_read_yaml(overrides) or [])]
+    summary_path = path / "results" / "summary.json"
+    error_path = path / "results" / "error.json"
+    if summary_path.is_file():
+        run.summary = _read_json(summary_path)
+        if not isinstance(run.summary, dict):
+            raise ReportError(f"corrupt summary.json: {summary_path}: not a JSON object")
+        if run.summary.get("config"):
+            run.config = run.summary["config"]  # resolved: preferred over .hydra/config.yaml
+        run.per_case = read_per_case(path / "results" / "per_case.csv")
+        summary_convention = run.summary.get("convention")
+        if summary_convention and summary_convention != run.convention:
+            raise ReportError(f"{path}: summary.json says convention {summary_convention!r} but per_case.csv "
+                              f"says {run.convention!r}")
+    elif error_path.is_file():
+        try:
+            info = json.loads(error_path.read_text())
+            run.error = str(info.get("error") or info.get("type") or "unknown error")
+        except (OSError, ValueError, AttributeError):
+            run.error = f"unreadable {error_path}"
+    else:
+        run.error = "no results (the job crashed or is still running)"
+    return run
+
+
+def load_runs(paths: Iterable[str | Path], convention: str | None = None) -> list[Run]:
+    """Find and load every run below ``paths``; optionally keep one convention only."""
+    runs = [load_run(p) for p in find_run_dirs(paths)]
+    if convention is not None:
+        runs = [r for r in runs if r.convention in (convention, None)]
+        if not any(not r.failed for r in runs):
+            raise ReportError(f"no successful run uses convention {convention!r}")
+    return runs
+
+
+def check_single_convention(runs: Sequence[Run], what: str = "one table") -> tuple[str | None, str]:
+    """The (convention, hd_unit) shared by the successful runs; refuse to mix conventions."""
+    ok = [r for r in runs if not r.failed]
+    by_convention: dict[str, list[Run]] = {}
+    for r in ok:
+        by_convention.setdefault(str(r.convention), []).append(r)
+    if len(by_convention) > 1:
+        counts = ", ".join(f"{c}: {len(rs)} run(s) e.g. {rs[0].path}" for c, rs in by_convention.items())
+        choices = " or ".join(f"--convention {c}" for c in by_convention)
+        raise ReportError(f"refusing to put runs of different metric conventions in {what} ({counts}); "
+                          f"pass {choices}")
+    if not ok:
+        return None, "unknown unit"
+    units = {r.hd_unit for r in ok}
+    if len(units) > 1:
+        raise ReportError(f"runs of convention {ok[0].convention!r} disagree on the HD unit ({', '.join(units)})")
+    return ok[0].convention, ok[0].hd_unit
+
+
+# ----------------------------------------------------------------------------------------------
+# config keys
+
+
+def get_key(run: Run, key: str, default: Any = _MISSING) -> Any:
+    """A dotted config key of the run (``loss.gamma``), else its command-line override, else ``default``."""
+    node: Any = run.config
+    for part in key.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            node = _MISSING
+            break
+    if node is not _MISSING:
+        return node
+    for override in run.overrides:
+        name, sep, value = override.lstrip("+~").partition("=")
+        if sep and name == key:
+            try:
+                return yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+    return default
+
+
+def is_missing(value: Any) -> bool:
+    return value is _MISSING
+
+
+def hashable(value: Any) -> Any:
+    """A hashable stand-in for a config value (lists -> tuples)."""
+    if isinstance(value, list):
+        return tuple(hashable(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return value
+
+
+def format_value(key: str, value: Any) -> str:
+    """A config value as it appears in a row label."""
+    if value is _MISSING or value is None:
+        return "-" if value is _MISSING else "null"
+    if key.endswith("_target_") and isinstance(value, str):
+        return value.rsplit(".", 1)[-1]
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(format_value("", v) for v in value) + "]"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"loss": {"gamma": 1}}`` -> ``{"loss.gamma": 1}`` (lists stay values)."""
+    if not isinstance(config, dict):
+        return {prefix: hashable(config)} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+#: config keys that legitimately differ between the seeds of one group
+_IGNORED_DIFFERENCES = re.compile(r"^(seed|paths\..*|ckpt_path|task_name|hydra\..*|.*(_dir|_path|dir|root))$")
+
+
+def differing_keys(runs: Sequence[Run]) -> list[str]:
+    """Config keys (other than seed and paths) whose values differ among ``runs``."""
+    flats = [flatten(r.config) for r in runs if r.config]
+    if len(flats) < 2:
+        return []
+    keys = set().union(*flats)
+    return sorted(k for k in keys if not _IGNORED_DIFFERENCES.match(k)
+                  and len({repr(f.get(k, _MISSING)) for f in flats}) > 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers
+
+
+def _nanmean(values: Iterable[float]) -> float:
+    finite = [float(v) for v in values if not math.isnan(float(v))]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def organ_means(run: Run, metric: str) -> dict[str, float]:
+    """Mean over cases of ``metric`` per organ (NaN cases excluded), in the run's organ order."""
+    frame = run.per_case
+    assert frame is not None, "organ_means on a failed run"
+    return {organ: _nanmean(frame.loc[frame["organ"] == organ, metric]) for organ in run.organs}
+
+
+def mean_over_organs(per_organ: dict[str, float], organs: Sequence[str] | None = None) -> float:
+    """Mean over ``organs`` (default all) of per-organ means, organs with no valid case excluded."""
+    keys = per_organ if organs is None else [o for o in organs if o in per_organ]
+    return _nanmean(per_organ[o] for o in keys)
+
+
+def case_means(run: Run, metric: str = "dsc", organs: Sequence[str] | None = None) -> pd.Series:
+    """Per-case mean over organs (NaN excluded) of ``metric``, indexed by case id."""
+    frame = run.per_case
+    assert frame is not None, "case_means on a failed run"
+    if organs is not None:
+        frame = frame[frame["organ"].isin(list(organs))]
+    return frame.groupby("case", sort=True)[metric].mean()  # pandas' mean skips NaN
+
+
+def summary_mismatches(run: Run, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> list[str]:
+    """Where ``summary.json`` disagrees with the numbers recomputed from ``per_case.csv``.
+
+    ``per_case.csv`` holds 6 significant digits, hence the relative tolerance.
+    """
+    if run.summary is None or run.per_case is None:
+        return []
+    problems = []
+
+    def compare(label: str, stored: Any, recomputed: float) -> None:
+        stored_f = float("nan") if stored is None else float(stored)
+        if math.isnan(stored_f) and math.isnan(recomputed):
+            return
+        if math.isnan(stored_f) or math.isnan(recomputed) or not math.isclose(
+                stored_f, recomputed, rel_tol=rel_tol, abs_tol=abs_tol):
+            problems.append(f"{label}: summary.json {stored_f:.6g}, per_case.csv {recomputed:.6g}")
+
+    per_class = run.summary.get("per_class") or {}
+    for metric in ("dsc", "hd95"):
+        means = organ_means(run, metric)
+        compare(f"mean_{metric}", run.summary.get(f"mean_{metric}"), mean_over_organs(means))
+        for organ, value in means.items():
+            if organ in per_class:
+                compare(f"{organ} {metric}", per_class[organ].get(metric), value)
+    missing = [o for o in per_class if o not in run.organs]
+    if missing:
+        problems.append(f"organs in summary.json but not in per_case.csv: {', '.join(missing)}")
+    return problems

@@ -1,0 +1,310 @@
+"""segbench-table and segbench-figures on hand-made run directories with known numbers.
+
+The synthetic sweep (``sweep`` fixture) is shaped like a Hydra multirun of
+``loss=ce,dice,ce_dice seed=1,2`` plus one failed job. Organs aorta, liver,
+pancreas; cases case0001..case0004; pancreas is absent from both masks in
+case0004 (NaN, excluded). Every per-case DSC is
+
+    dsc = BASE[loss] + SEED_OFFSET[seed] + ORGAN_OFFSET[organ] + CASE_OFFSET[loss][case]
+
+and hd95 = 100 * (1 - dsc) mm, so every expected number below follows by hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from scipy.stats import wilcoxon
+
+from segbench.report import table as table_cli
+
+ORGANS = ["aorta", "liver", "pancreas"]
+CASES = ["case0001", "case0002", "case0003", "case0004"]
+BASE = {"ce": 0.70, "dice": 0.79, "ce_dice": 0.80, "afw_dice": 0.82}
+SEED_OFFSET = {1: -0.01, 2: +0.01, 3: 0.0}
+ORGAN_OFFSET = {"aorta": +0.05, "liver": +0.10, "pancreas": -0.15}
+DEFAULT_CASE_OFFSET = [-0.03, -0.01, +0.01, +0.03]
+CASE_OFFSET = {"ce": DEFAULT_CASE_OFFSET, "ce_dice": DEFAULT_CASE_OFFSET, "afw_dice": DEFAULT_CASE_OFFSET,
+               "dice": [-0.06, +0.02, -0.01, +0.05]}
+SWEEP = [("ce", 1), ("ce", 2), ("dice", 1), ("dice", 2), ("ce_dice", 1), ("ce_dice", 2)]
+FOCAL_ERROR = "loss 'focal' has no option 'gama'; its options are: alpha, gamma"
+CONVENTION_DESCRIPTION = "default: spacing-aware (test fixture)"
+
+
+def case_rows(loss: str, seed: int, convention: str = "default") -> list[dict]:
+    rows = []
+    for c, case in enumerate(CASES):
+        for label, organ in enumerate(ORGANS, start=1):
+            if organ == "pancreas" and case == "case0004":
+                dsc = hd95 = float("nan")
+                status, gt, pred = "both_empty", 0, 0
+            else:
+                dsc = BASE[loss] + SEED_OFFSET[seed] + ORGAN_OFFSET[organ] + CASE_OFFSET[loss][c]
+                hd95 = 100.0 * (1.0 - dsc)
+                status, gt, pred = "ok", 1000, 990
+            rows.append({"case": case, "organ": organ, "label": label, "dsc": dsc, "hd95": hd95, "hd": hd95,
+                         "assd": hd95 / 10, "nsd": dsc, "gt_voxels": gt, "pred_voxels": pred, "status": status,
+                         "convention": convention})
+    return rows
+
+
+def write_run(run_dir: Path, loss: str, seed: int, *, rows: list[dict] | None = None, convention: str = "default",
+              extra_config: dict | None = None, error: str | None = None) -> Path:
+    """Write one run directory of the results contract (``error``: a failed job instead)."""
+    config = {"seed": seed, "loss": {"name": loss}, "model": {"_target_": "segbench.models.UNet", "width": 32},
+              "data": {"name": "synthetic", "class_names": ["background", *ORGANS]},
+              "metrics": {"convention": convention}}
+    for key, value in (extra_config or {}).items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"loss={loss}", f"seed={seed}"]))
+    results = run_dir / "results"
+    results.mkdir()
+    if error is not None:
+        (results / "error.json").write_text(json.dumps({"error": error, "type": "ValueError"}))
+        return run_dir
+    rows = case_rows(loss, seed, convention) if rows is None else rows
+    with open(results / "per_case.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    per_class = {}
+    for organ in ORGANS:
+        mine = [r for r in rows if r["organ"] == organ]
+        per_class[organ] = {k: float(np.nanmean([r[k] for r in mine])) for k in ("dsc", "hd95", "hd", "assd", "nsd")}
+        per_class[organ].update(n_cases=len(mine), n_excluded=sum(math.isnan(r["dsc"]) for r in mine),
+                                n_worst_case=0)
+    summary = {"convention": convention, "convention_description": CONVENTION_DESCRIPTION,
+               "hd_unit": "voxels" if convention == "transunet" else "mm",
+               "mean_dsc": float(np.mean([per_class[o]["dsc"] for o in ORGANS])),
+               "mean_hd95": float(np.mean([per_class[o]["hd95"] for o in ORGANS])),
+               "num_cases": len(CASES), "per_class": per_class, "config": config, "run": {}, "splits": {}}
+    (results / "summary.json").write_text(json.dumps(summary))
+    return run_dir
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    """A multirun-shaped dir: jobs 0-5 = 3 losses x 2 seeds, job 6 = a failed job."""
+    root = tmp_path / "multirun" / "2025-01-01_00-00-00"
+    root.mkdir(parents=True)
+    (root / "multirun.yaml").write_text("hydra: {mode: MULTIRUN}\n")
+    for job, (loss, seed) in enumerate(SWEEP):
+        write_run(root / str(job), loss, seed)
+    write_run(root / "6", "focal", 1, error=FOCAL_ERROR)
+    return root
+
+
+def run_table(capsys, *argv) -> tuple[str, str]:
+    assert table_cli.main([str(a) for a in argv]) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def markdown_rows(markdown: str) -> dict[str, list[str]]:
+    """Table body as {label: cells}, bold markers stripped (failed rows keyed 'label [failed]')."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ")]
+    header, body = lines[0], lines[1:]
+    rows = {"__header__": [c.strip() for c in header.strip("|").split(" | ")]}
+    for line in body:
+        cells = [c.strip().replace("**", "") for c in line.strip().strip("|").split(" | ")]
+        key = cells[0] + (" [failed]" if cells[2].startswith("failed:") else "")
+        rows[key] = cells
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------
+# segbench-table
+
+
+def test_table_rows_columns_and_numbers(sweep, tmp_path, capsys):
+    out_dir = tmp_path / "report"
+    out, err = run_table(capsys, sweep, "--group-by", "loss.name", "--baseline", "ce_dice", "--percent",
+                         "--organs", "liver,aorta,pancreas", "--out", out_dir)
+    rows = markdown_rows(out)
+    assert rows["__header__"] == ["Method", "n", "DSC (%)", "HD95 (mm)", "liver", "aorta", "pancreas",
+                                  "p vs ce_dice"]
+    # rows in sweep order, then the failed job; each group holds 2 seeds
+    assert list(rows)[1:] == ["ce", "dice", "ce_dice", "focal [failed]"]
+    # ce_dice, seed 1: aorta .80-.01+.05 = .84, liver .89, pancreas .80-.01-.15 + mean(-.03,-.01,.01) = .63
+    #   (case0004 excluded) -> mean .78667; seed 2 is .02 higher -> .80667.
+    #   Over seeds: 79.67 % ± std(ddof=1) of (78.67, 80.67) = 1.41; HD95 = 100 (1 - DSC) -> 20.33 ± 1.41 mm.
+    assert rows["ce_dice"] == ["ce_dice", "2", "79.67 ± 1.41", "20.33 ± 1.41", "90.00 ± 1.41", "85.00 ± 1.41",
+                               "64.00 ± 1.41", "ref"]
+    # ce: base .70 -> aorta 75, liver 80, pancreas 54, mean 69.67; every case is 10 points below ce_dice:
+    #   4 negative differences, W+ = 0: exact two-sided p = 2 / 2^4 = 0.125.
+    assert rows["ce"] == ["ce", "2", "69.67 ± 1.41", "30.33 ± 1.41", "80.00 ± 1.41", "75.00 ± 1.41",
+                          "54.00 ± 1.41", "0.125"]
+    # dice: base .79, pancreas .79 - .15 + mean(-.06, .02, -.01) = .62333; mean (84 + 89 + 62.33) / 3 = 78.44.
+    #   per-case differences to ce_dice -.01 + (-.03, .03, -.02, .02) = (-.04, .02, -.03, .01):
+    #   W+ = 1 + 2 = 3; P(W+ <= 3) = 5/16 ({}, {1}, {2}, {3}, {1,2}) -> two-sided p = 10/16 = 0.625.
+    assert rows["dice"] == ["dice", "2", "78.44 ± 1.41", "21.56 ± 1.41", "89.00 ± 1.41", "84.00 ± 1.41",
+                            "62.33 ± 1.41", "0.625"]
+    assert rows["focal [failed]"][1] == "0"
+    assert rows["focal [failed]"][2] == f"failed: {FOCAL_ERROR} (2025-01-01_00-00-00/6)".replace("|", "\\|")
+    # best per column in bold: ce_dice has the highest DSC and lowest HD95 everywhere
+    ce_dice_line = next(ln for ln in out.splitlines() if ln.startswith("| ce_dice "))
+    assert ce_dice_line.count("**") == 2 * 5
+    assert "Metric convention: default; HD in mm; DSC in %." in out
+    assert "failed job" in err
+    assert (out_dir / "table.md").read_text() == out
+
+
+def test_table_wilcoxon_matches_scipy_on_seed_averaged_cases(sweep, tmp_path, capsys):
+    run_table(capsys, sweep, "--baseline", "ce_dice", "--out", tmp_path)
+    frame = __import__("pandas").read_csv(tmp_path / "table.csv")
+
+    def case_means(loss):  # per case: mean over organs (NaN skipped), then over the two seeds
+        per_seed = [[np.nanmean([r["dsc"] for r in case_rows(loss, s) if r["case"] == c]) for c in CASES]
+                    for s in (1, 2)]
+        return np.mean(per_seed, axis=0)
+
+    for loss in ("ce", "dice"):
+        expected = wilcoxon(case_means(loss), case_means("ce_dice")).pvalue
+        row = frame[frame["label"] == loss].iloc[0]
+        assert row["p_value"] == pytest.approx(expected, abs=1e-12)
+        assert row["n_pairs"] == 4
+    assert frame[frame["label"] == "dice"]["p_value"].iloc[0] == pytest.approx(0.625)
+
+
+def test_table_csv_is_full_precision_and_states_units(sweep, tmp_path, capsys):
+    run_table(capsys, sweep, "--out", tmp_path, "--metric", "dsc,hd95,nsd")
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "table.csv")
+    assert list(frame["label"]) == ["ce", "dice", "ce_dice", "focal"]
+    assert list(frame["status"]) == ["ok", "ok", "ok", "failed"]
+    assert frame["error"].iloc[3] == FOCAL_ERROR
+    assert set(frame["convention"]) == {"default"} and set(frame["hd_unit"]) == {"mm"}
+    assert set(frame["dsc_unit"]) == {"fraction"}
+    ce_dice = frame.iloc[2]
+    assert ce_dice["n_runs"] == 2
+    # base .80 (seeds -.01/+.01 average out) + organ offsets (.05, .10, -.15 - .01 for pancreas) / 3
+    assert ce_dice["mean_dsc"] == pytest.approx(0.80 + (0.05 + 0.10 - 0.16) / 3, abs=1e-6)
+    assert ce_dice["mean_dsc_std"] == pytest.approx(0.02 / math.sqrt(2), abs=1e-6)
+    assert ce_dice["dsc_pancreas"] == pytest.approx(0.64, abs=1e-6)
+    assert ce_dice["mean_nsd"] == pytest.approx(ce_dice["mean_dsc"], abs=1e-6)
+    assert math.isnan(frame["mean_dsc"].iloc[3])
+    assert "p_value" not in frame.columns  # no --baseline, no test
+
+
+def test_table_latex_is_booktabs_with_best_in_bold(sweep, tmp_path, capsys):
+    run_table(capsys, sweep, "--baseline", "ce_dice", "--percent", "--out", tmp_path)
+    tex = (tmp_path / "table.tex").read_text()
+    for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrrrr}", "\\caption{"):
+        assert command in tex
+    assert "Metric convention: default; HD in mm; DSC in \\%." in tex
+    assert "ce\\_dice & \\textbf{79.67} $\\pm$ 1.41 & \\textbf{20.33} $\\pm$ 1.41 & \\textbf{85.00}" in tex
+    assert "ce & 69.67 $\\pm$ 1.41 & 30.33 $\\pm$ 1.41 & 75.00 $\\pm$ 1.41" in tex
+    assert "focal & \\multicolumn{6}{l}{failed: loss 'focal' has no option 'gama'" in tex
+
+
+def test_table_paper_preset_orders_columns(tmp_path, capsys):
+    organs = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
+    rows = [{"case": "case0001", "organ": o, "label": i + 1, "dsc": 0.5 + 0.05 * i, "hd95": 1.0, "hd": 1.0,
+             "assd": 1.0, "nsd": 1.0, "gt_voxels": 1, "pred_voxels": 1, "status": "ok", "convention": "default"}
+            for i, o in enumerate(organs)]
+    write_run(tmp_path / "run", "ce_dice", 1, rows=rows)
+    out, _ = run_table(capsys, tmp_path / "run", "--organs", "paper-table1", "--out", tmp_path / "r")
+    header = markdown_rows(out)["__header__"]
+    assert header[4:] == ["aorta", "kidney_l", "gallbladder", "kidney_r", "liver", "pancreas", "spleen", "stomach"]
+    # aorta is the 7th organ of the file: 0.5 + 0.05 * 6 = 0.8; a single run has no ± std
+    assert markdown_rows(out)["ce_dice"][4] == "0.800"
+
+
+def test_table_groups_by_two_keys(tmp_path, capsys):
+    for i, gamma in enumerate([0.25, 0.5]):
+        write_run(tmp_path / "sweep" / str(i), "afw_dice", 1, extra_config={"loss": {"gamma": gamma}})
+    write_run(tmp_path / "sweep" / "2", "ce_dice", 1)
+    out, _ = run_table(capsys, tmp_path / "sweep", "--group-by", "loss.name", "--group-by", "loss.gamma",
+                       "--out", tmp_path / "r")
+    assert list(markdown_rows(out))[1:] == ["afw_dice, gamma=0.25", "afw_dice, gamma=0.5", "ce_dice"]
+
+
+def test_table_warns_when_a_row_averages_different_configs(tmp_path, capsys):
+    for i, gamma in enumerate([0.25, 0.5]):
+        write_run(tmp_path / "sweep" / str(i), "afw_dice", 1, extra_config={"loss": {"gamma": gamma}})
+    out, err = run_table(capsys, tmp_path / "sweep", "--out", tmp_path / "r")
+    assert "row 'afw_dice' averages runs whose configs differ in loss.gamma" in err
+
+
+def test_table_warns_when_summary_disagrees_with_per_case(sweep, tmp_path, capsys):
+    summary_path = sweep / "0" / "results" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary["mean_dsc"] = 0.99
+    summary_path.write_text(json.dumps(summary))
+    out, err = run_table(capsys, sweep, "--out", tmp_path)
+    assert "summary.json disagrees with per_case.csv (mean_dsc: summary.json 0.99, per_case.csv 0.686667)" in err
+    assert markdown_rows(out)["ce"][2] == "0.697 ± 0.014"  # the table keeps the per_case.csv numbers
+
+
+def expect_exit_2(capsys, *argv) -> str:
+    with pytest.raises(SystemExit) as info:
+        table_cli.main([str(a) for a in argv])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_table_refuses_to_mix_conventions(sweep, tmp_path, capsys):
+    write_run(sweep / "7", "ce_dice", 3, convention="transunet")
+    err = expect_exit_2(capsys, sweep, "--out", tmp_path)
+    assert err.startswith("segbench-table: error: refusing to put runs of different metric conventions")
+    assert "--convention default or --convention transunet" in err
+    # filtering keeps one convention (and the failed job, whose convention is taken from its config)
+    out, _ = run_table(capsys, sweep, "--convention", "transunet", "--out", tmp_path)
+    assert list(markdown_rows(out))[1:] == ["ce_dice"]
+    assert "Metric convention: transunet; HD in voxels" in out
+    out, _ = run_table(capsys, sweep, "--convention", "default", "--out", tmp_path)
+    assert list(markdown_rows(out))[1:] == ["ce", "dice", "ce_dice", "focal [failed]"]
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("case,organ,dsc\ncase0001,aorta,0.5\n", "missing column(s) hd95, status, convention"),
+    ("case,organ,label,dsc,hd95,hd,assd,nsd,gt_voxels,pred_voxels,status,convention\n"
+     "case0001,aorta,1,not-a-number,1,1,1,1,1,1,ok,default\n", "column 'dsc' is not numeric"),
+    ("", "No columns to parse from file"),
+])
+def test_table_corrupt_per_case_csv_is_a_one_line_error(sweep, tmp_path, capsys, content, reason):
+    bad = sweep / "3" / "results" / "per_case.csv"
+    bad.write_text(content)
+    err = expect_exit_2(capsys, sweep, "--out", tmp_path)
+    assert err == f"segbench-table: error: corrupt per_case.csv: {bad}: {reason}" or \
+        (err.startswith(f"segbench-table: error: corrupt per_case.csv: {bad}: ") and reason in err)
+
+
+def test_table_missing_per_case_csv_names_the_file(sweep, tmp_path, capsys):
+    missing = sweep / "2" / "results" / "per_case.csv"
+    missing.unlink()
+    err = expect_exit_2(capsys, sweep, "--out", tmp_path)
+    assert err.startswith(f"segbench-table: error: missing per_case.csv: {missing}")
+
+
+def test_table_dirs_without_runs_are_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    err = expect_exit_2(capsys, tmp_path / "empty", "--out", tmp_path / "r")
+    assert err.startswith(f"segbench-table: error: no runs found in {tmp_path / 'empty'}")
+    err = expect_exit_2(capsys, tmp_path / "nowhere", "--out", tmp_path / "r")
+    assert err == f"segbench-table: error: no such directory: {tmp_path / 'nowhere'}"
+
+
+def test_table_unknown_baseline_and_organ_are_errors(sweep, tmp_path, capsys):
+    err = expect_exit_2(capsys, sweep, "--baseline", "ce+dice", "--out", tmp_path)
+    assert err == "segbench-table: error: baseline 'ce+dice' is not a row label; rows: ce, dice, ce_dice"
+    err = expect_exit_2(capsys, sweep, "--organs", "aorta,kidney", "--out", tmp_path)
+    assert err == "segbench-table: error: organ(s) kidney not in any run; available: aorta, liver, pancreas"
+
+
+def test_table_accepts_single_run_and_results_dirs(sweep, tmp_path, capsys):
+    out, _ = run_table(capsys, sweep / "4", sweep / "5" / "results", sweep / "4", "--out", tmp_path)
+    rows = markdown_rows(out)
+    assert list(rows)[1:] == ["ce_dice"] and rows["ce_dice"][1] == "2"  # duplicates counted once
