@@ -15,8 +15,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import CONFIG_DIR, PROJECT_ROOT, report_error
-from .errors import ConfigError, DataError, SegbenchError
+from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap
+from .errors import ConfigError, DataError
 
 
 def training_config(cfg: DictConfig) -> DictConfig:
@@ -69,8 +69,8 @@ def main(cfg: DictConfig) -> None:
 
     try:
         evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except (SegbenchError, ValueError, FileNotFoundError) as exc:
-        report_error(exc, "segbench-eval")
+    except USER_ERRORS as exc:
+        report_error(unwrap(exc), "segbench-eval")
         sys.exit(1)
 
 

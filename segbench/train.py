@@ -17,8 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONFIG_DIR, PROJECT_ROOT, report_error
-from .errors import SegbenchError
+from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap
 
 
 def build(cfg: DictConfig):
@@ -27,13 +26,13 @@ def build(cfg: DictConfig):
 
     from .module import SegModule
 
-    datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
     net = instantiate(cfg.model)
     module = SegModule(net=net, loss=OmegaConf.to_container(cfg.loss, resolve=True),
                        optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
                        class_names=list(cfg.data.class_names),
                        metrics=OmegaConf.to_container(cfg.metrics), test=OmegaConf.to_container(cfg.test),
                        channels_last=bool(cfg.get("channels_last", False)))
+    datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
     return datamodule, module
 
 
@@ -96,7 +95,8 @@ def main(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
         summary = run(cfg, output_dir)
-    except (SegbenchError, ValueError, FileNotFoundError) as exc:
+    except USER_ERRORS as exc:
+        exc = unwrap(exc)
         report_error(exc, "segbench-train")
         (output_dir / "results").mkdir(parents=True, exist_ok=True)
         (output_dir / "results" / "error.json").write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))

@@ -136,12 +136,17 @@ class SegDataModule(pl.LightningDataModule):
         batch_size, num_workers: loader settings (per process).
         augment: ``{flip_prob, rotate_prob, rotate_range_deg}``; probabilities 0 disable.
         spatial_dims: 2 (axial slices); 3D training arrives with the 3D path.
+        name: the dataset's name (recorded in results).
+        slices_with_foreground_only: train on slices that show at least one organ.
+        root, phantom: read by the source config through interpolation (``${data.root}``);
+            accepted here so that the data config stays one flat group.
     """
 
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float] = (-125, 275),
                  img_size: int = 224, batch_size: int = 24, num_workers: int = 0,
                  augment: dict[str, float] | None = None, spatial_dims: int = 2, num_classes: int | None = None,
-                 name: str = "dataset", slices_with_foreground_only: bool = False, **_: Any):
+                 name: str = "dataset", slices_with_foreground_only: bool = False,
+                 root: str | None = None, phantom: dict | None = None):
         super().__init__()
         self.source = source
         self.class_names = list(class_names)

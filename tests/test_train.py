@@ -1,0 +1,109 @@
+"""End to end through the real command line: train + test on a tiny phantom, eval, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import blob_case, write_case
+
+ORGANS = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
+
+
+def cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(phantom_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
+    proc = cli("segbench.train", "debug=smoke", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_smoke_run_writes_the_results_contract(smoke_run):
+    rows = read_rows(smoke_run / "results" / "per_case.csv")
+    assert list(rows[0]) == ["case", "organ", "label", "dsc", "hd95", "hd", "assd", "nsd", "gt_voxels",
+                             "pred_voxels", "status", "convention"]
+    # debug=smoke tests one case: one row per organ, labels 1..8 in Synapse order
+    assert [r["organ"] for r in rows] == ORGANS
+    assert [int(r["label"]) for r in rows] == list(range(1, 9))
+    summary = json.loads((smoke_run / "results" / "summary.json").read_text())
+    assert summary["convention"] == "default" and summary["hd_unit"] == "mm"
+    assert list(summary["per_class"]) == ORGANS
+    for r in rows:
+        dsc = float(r["dsc"])
+        assert 0.0 <= dsc <= 1.0
+        # the phantom holds every organ in every case, so no row may be excluded
+        assert int(r["gt_voxels"]) > 0 and not math.isnan(float(r["hd95"]))
+        assert summary["per_class"][r["organ"]]["dsc"] == pytest.approx(dsc, abs=1e-5)
+    # mean over organs of the (single-case) per-organ values
+    assert summary["mean_dsc"] == pytest.approx(np.mean([float(r["dsc"]) for r in rows]), abs=1e-5)
+    assert summary["mean_hd95"] == pytest.approx(np.mean([float(r["hd95"]) for r in rows]), rel=1e-5)
+    assert summary["config"]["loss"]["name"] == "ce_dice"
+    assert summary["run"]["versions"]["torch"]
+    assert (smoke_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((smoke_run / "tensorboard").glob("events.out.tfevents.*"))
+    splits = json.loads((smoke_run / "splits.json").read_text())
+    assert splits == {"train": ["0001"], "val": ["0002"], "test": ["0003"]}
+
+
+def test_eval_rescores_a_checkpoint_under_another_convention(smoke_run, phantom_dir, tmp_path):
+    out = tmp_path / "eval"
+    proc = cli("segbench.eval", f"ckpt_path={smoke_run}/checkpoints/last.ckpt", "metrics.convention=transunet",
+               f"paths.data_dir={phantom_dir}", f"hydra.run.dir={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((out / "results" / "summary.json").read_text())
+    assert summary["convention"] == "transunet" and summary["hd_unit"] == "voxels"
+    rows = read_rows(out / "results" / "per_case.csv")
+    assert {r["convention"] for r in rows} == {"transunet"} and len(rows) == 8
+
+
+def test_unknown_loss_option_is_one_line(phantom_dir, tmp_path):
+    proc = cli("segbench.train", "debug=smoke", "loss=ce", "+loss.gamma=2", f"paths.data_dir={phantom_dir}",
+               f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("segbench-train: error: loss 'ce' has no option 'gamma'; its options are: ")
+    assert "class_weights" in last
+    assert "Traceback" not in proc.stderr
+
+
+def test_unknown_group_option_lists_the_valid_ones(tmp_path):
+    proc = cli("segbench.train", "loss=no_such_loss", f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode != 0
+    assert "Could not find 'loss/no_such_loss'" in proc.stderr and "ce_dice" in proc.stderr
+
+
+def test_missing_data_directory(tmp_path):
+    proc = cli("segbench.train", "debug=smoke", "data=nifti_folder", f"data.root={tmp_path}/nowhere",
+               f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"segbench-train: error: data directory {tmp_path}/nowhere/img not found; set data.root=")
+
+
+def test_label_ids_out_of_range_stop_before_training(tmp_path):
+    root = tmp_path / "ds"
+    for i in range(1, 4):
+        image, label = blob_case(i, num_classes=3)
+        write_case(root, f"{i:04d}", image, np.where(label == 2, 12, label))
+    proc = cli("segbench.train", "debug=smoke", "data=nifti_folder", f"data.root={root}",
+               f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "label0001.nii.gz holds label id(s) [12] outside 0..8" in last
+    assert not (tmp_path / "run" / "checkpoints").exists()
