@@ -2,10 +2,15 @@
 
 >>> from segbench.losses import build_loss, available_losses
 >>> loss = build_loss("ce_dice", include_background=False)
+
+Layout follows the taxonomy (Ma, "Loss functions for medical image segmentation: a
+taxonomy"): ``distribution.py`` (per-voxel terms), ``region.py`` (functions of the
+per-class soft TP / FP / FN), ``compound.py`` (weighted sums), ``afw.py`` (the
+AFW-Dice loss of Guo et al. 2024). ``base.py`` holds the shared quantities.
 """
 
-from . import compound, distribution, region  # noqa: F401  (registration)
-from .base import SegLoss
+from . import afw, compound, distribution, region  # noqa: F401  (registration)
+from .base import LossInputs, SegLoss
 from .registry import LOSSES, available_losses, build_loss, loss_options, register_loss
 
-__all__ = ["SegLoss", "LOSSES", "available_losses", "build_loss", "loss_options", "register_loss"]
+__all__ = ["SegLoss", "LossInputs", "LOSSES", "available_losses", "build_loss", "loss_options", "register_loss"]

@@ -130,14 +130,14 @@ def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def guarded_pow(x: torch.Tensor, exponent: float, eps: float) -> torch.Tensor:
-    """``clamp(x, min=eps) ** exponent``.
+    """``clamp(x, min=eps) ** exponent`` for ``exponent < 1``, plain ``x ** exponent`` otherwise.
 
     For ``exponent < 1`` the derivative ``exponent * x**(exponent - 1)`` is unbounded
     as ``x -> 0`` (a perfectly segmented class): clamping keeps the value finite
     (``eps**exponent``) and the gradient zero there instead of ``0 * inf = NaN``.
     """
-    if exponent == 1.0:
-        return x
+    if exponent >= 1.0:  # bounded derivative: no clamp needed
+        return x if exponent == 1.0 else x.pow(exponent)
     return x.clamp_min(eps).pow(exponent)
 
 
@@ -332,8 +332,9 @@ class SegLoss(nn.Module):
         """Scalars worth logging (learnable weights, schedule values)."""
         return {}
 
-    def perfect_value(self) -> float | None:
-        """The loss at a perfect prediction, its minimum (``None``: depends on the data).
+    def perfect_value(self, num_classes: int) -> float | None:
+        """The loss at a perfect prediction of ``num_classes`` classes, its minimum
+        (``None``: depends on the data, e.g. on distance maps).
 
         The test-suite checks that a large-margin one-hot prediction reaches it.
         Losses whose minimum is not 0 (Combo, AFW-Dice's regulariser, the clamped
@@ -384,10 +385,10 @@ class CompoundLoss(SegLoss):
             return inputs.logits.sum() * 0.0
         return total
 
-    def perfect_value(self) -> float | None:
+    def perfect_value(self, num_classes: int) -> float | None:
         total = 0.0
         for name, term in self.terms.items():
-            value = term.perfect_value()
+            value = term.perfect_value(num_classes)
             if value is None:
                 return None
             total += self.weights[name] * value
