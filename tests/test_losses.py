@@ -74,7 +74,7 @@ def test_every_registered_loss_has_a_config_with_its_defaults():
         path = CONFIGS / f"{name}.yaml"
         assert path.exists(), f"configs/loss/{name}.yaml missing"
         lines = path.read_text().splitlines()
-        assert 2 <= len(lines) <= 15, f"{path.name}: {len(lines)} lines"
+        assert 5 <= len(lines) <= 15, f"{path.name}: {len(lines)} lines (5-15 expected)"
         assert lines[0].startswith("#"), f"{path.name}: first line must be a comment naming the paper"
         cfg = yaml.safe_load(path.read_text())
         assert cfg.pop("name") == name
@@ -511,13 +511,15 @@ def _scenario(kind, spatial):
         logits = perfect_logits(target)
     elif kind == "extreme_logits":
         logits = 1e4 * torch.sign(logits)
+    elif kind == "dead_channel":  # a class with probability exactly 0 everywhere
+        logits[:, C - 1] = -1e4
     elif kind == "fp16_input":
         logits = logits.half()
     return logits, target
 
 
-@pytest.mark.parametrize("kind", ["absent_class", "empty_foreground", "perfect", "extreme_logits", "fp16_input",
-                                  "bf16_autocast"])
+@pytest.mark.parametrize("kind", ["absent_class", "empty_foreground", "perfect", "extreme_logits", "dead_channel",
+                                  "fp16_input", "bf16_autocast"])
 @pytest.mark.parametrize("dim", SPATIAL)
 @pytest.mark.parametrize("name", available_losses())
 def test_value_and_gradient_stay_finite(name, dim, kind):
@@ -613,6 +615,17 @@ def test_class_weights_of_wrong_length_are_caught_at_call_time_without_context()
         key = "alpha" if name == "focal" else "class_weights"
         with pytest.raises(ValueError, match=key):
             build_loss(name, **{key: [1.0, 2.0]})(logits, target)
+
+
+def test_list_options_accept_hydra_list_configs():
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.create({"name": "afw_dice", "focused_classes": ["pancreas", 1]})
+    loss = build_loss(**cfg, num_classes=C, class_names=OmegaConf.create(NAMES))
+    assert loss.focused_ids == [1, 3]
+    cfg = OmegaConf.create({"name": "dice", "class_weights": [1, 2, 3, 4]})
+    logits, target = random_case(SPATIAL["2d"])
+    close(build_loss(**cfg, num_classes=C)(logits, target),
+          float(make("dice", class_weights=[1.0, 2.0, 3.0, 4.0])(logits, target)))
 
 
 def test_afw_needs_the_number_of_classes():
@@ -728,6 +741,17 @@ def test_afw_optimum_of_the_weights_is_the_stationary_point(regularizer):
                 values.append(float(loss(logits, target).double()))
                 loss.log_sigma2[c] -= h
         assert abs(values[0] - values[1]) / 2e-3 < 1e-3
+
+
+def test_afw_without_background_and_per_sample():
+    # no background: 3 weights; per sample (batch false) = mean over samples of each sample's AFW
+    logits, target = random_case(SPATIAL["2d"], seed=26)
+    loss = make("afw_dice", include_background=False, batch=False, lambda_ce=0.0, uncertainty=False)
+    assert loss.focused_ids == [1, 2, 3]
+    per_sample = [make("afw_dice", include_background=False, lambda_ce=0.0, uncertainty=False)(
+        logits[b:b + 1], target[b:b + 1]) for b in range(2)]
+    close(loss(logits, target), float(sum(per_sample) / 2))
+    assert make("afw_dice", include_background=False).log_sigma2.shape == (C - 1,)
 
 
 def test_afw_focused_classes_by_name_or_id():

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Time forward + backward of every registered loss, next to MONAI's equivalent where one exists.
+
+    python scripts/bench_losses.py                           # CPU (CUDA when available), 2D and 3D
+    python scripts/bench_losses.py --device cpu --repeats 3 --shapes 2d --losses dice,ce_dice
+    python scripts/bench_losses.py --out results.md          # or results.csv
+
+Shapes: ``2d`` = the Synapse batch (B=24, C=9, 224 x 224), ``3d`` = (B=2, C=9, 96^3).
+Each loss is built with its default options (``build_loss(name, num_classes=9,
+class_names=...)``); the MONAI column uses the equivalent configuration (same
+formula and options) or the nearest MONAI class, named in the table. Time is the
+median of ``--repeats`` runs after ``--warmup`` runs, with ``torch.cuda.synchronize``
+on CUDA. Ratio = MONAI ms / ours ms (> 1: ours is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from segbench import SYNAPSE_ORGANS  # noqa: E402
+from segbench.losses import available_losses, build_loss  # noqa: E402
+
+CLASS_NAMES = ["background"] + [SYNAPSE_ORGANS[k] for k in sorted(SYNAPSE_ORGANS)]
+SHAPES = {"2d": (24, 9, 224, 224), "3d": (2, 9, 96, 96, 96)}
+
+
+def monai_equivalents(num_classes: int) -> dict[str, tuple[str, Callable]]:
+    """loss name -> (description, callable(logits, target[B, *spatial]))."""
+    try:
+        from monai import losses as ml
+    except ImportError:  # pragma: no cover - MONAI is a dependency
+        return {}
+
+    def with_channel(fn):
+        return lambda x, t: fn(x, t.unsqueeze(1))
+
+    common = dict(to_onehot_y=True, softmax=True)
+    gdl = ml.GeneralizedDiceLoss(include_background=False, **common)
+    return {
+        "ce": ("torch F.cross_entropy", lambda x, t: F.cross_entropy(x, t)),
+        "dice": ("DiceLoss", with_channel(ml.DiceLoss(**common))),
+        "jaccard": ("DiceLoss(jaccard=True)", with_channel(ml.DiceLoss(jaccard=True, **common))),
+        "tversky": ("TverskyLoss(0.3, 0.7)", with_channel(ml.TverskyLoss(alpha=0.3, beta=0.7, **common))),
+        "generalized_dice": ("GeneralizedDiceLoss", with_channel(ml.GeneralizedDiceLoss(**common))),
+        "focal": ("FocalLoss(use_softmax=True)",
+                  with_channel(ml.FocalLoss(to_onehot_y=True, use_softmax=True))),
+        "ce_dice": ("DiceCELoss(no bg)", with_channel(ml.DiceCELoss(include_background=False, **common))),
+        "focal_dice": ("DiceFocalLoss(no bg; sigmoid focal)",
+                       with_channel(ml.DiceFocalLoss(include_background=False, **common))),
+        "ce_gd": ("F.cross_entropy + GeneralizedDiceLoss(no bg)",
+                  lambda x, t: F.cross_entropy(x, t) + gdl(x, t.unsqueeze(1))),
+        "generalized_wasserstein_dice": (
+            "GeneralizedWassersteinDiceLoss",
+            ml.GeneralizedWassersteinDiceLoss(dist_matrix=1 - torch.eye(num_classes))),
+    }
+
+
+def time_fn(fn: Callable, logits: torch.Tensor, target: torch.Tensor, repeats: int, warmup: int) -> float:
+    """Median wall time (ms) of forward + backward."""
+    cuda = logits.device.type == "cuda"
+    times = []
+    for i in range(warmup + repeats):
+        logits.grad = None
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(logits, target).backward()
+        if cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--shapes", default="2d,3d", help="comma list of: " + ", ".join(SHAPES))
+    parser.add_argument("--losses", default="", help="comma list (default: every registered loss)")
+    parser.add_argument("--no-monai", action="store_true", help="time segbench's losses only")
+    parser.add_argument("--out", type=Path, help="also write the table to a .md or .csv file")
+    args = parser.parse_args(argv)
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available()
+                          else ("cpu" if args.device == "auto" else args.device))
+    names = [n for n in args.losses.split(",") if n] or available_losses()
+    unknown = [n for n in names if n not in available_losses()]
+    if unknown:
+        parser.error(f"unknown losses {unknown}; available: {', '.join(available_losses())}")
+    shapes = [s for s in args.shapes.split(",") if s]
+    for s in shapes:
+        if s not in SHAPES:
+            parser.error(f"unknown shape {s!r}; choose from {', '.join(SHAPES)}")
+
+    rows = []
+    for shape_name in shapes:
+        shape = SHAPES[shape_name]
+        generator = torch.Generator().manual_seed(0)
+        logits = torch.randn(*shape, generator=generator).to(device).requires_grad_(True)
+        target = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator).to(device)
+        references = {} if args.no_monai else monai_equivalents(shape[1])
+        for name in names:
+            loss = build_loss(name, num_classes=shape[1], class_names=CLASS_NAMES).to(device)
+            try:
+                ours = time_fn(loss, logits, target, args.repeats, args.warmup)
+            except Exception as error:  # a loss that cannot run at this size is reported, not fatal
+                print(f"{name} [{shape_name}] failed: {error}", file=sys.stderr)
+                ours = float("nan")
+            reference, ref_ms = references.get(name, ("-", None)), None
+            if reference[1] is not None:
+                ref_ms = time_fn(reference[1], logits, target, args.repeats, args.warmup)
+            rows.append({"shape": shape_name, "loss": name, "ours_ms": ours, "monai": reference[0],
+                         "monai_ms": ref_ms, "ratio": None if ref_ms is None else ref_ms / ours})
+            print(f"{shape_name} {name:30s} {ours:9.1f} ms" + ("" if ref_ms is None else
+                  f"   {reference[0]} {ref_ms:9.1f} ms"), file=sys.stderr, flush=True)
+
+    header = f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, " \
+             f"median of {args.repeats} after {args.warmup} warm-up"
+    table = to_markdown(rows, header)
+    print(table)
+    if args.out is not None:
+        if args.out.suffix == ".csv":
+            with args.out.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+                writer.writeheader()
+                writer.writerows(rows)
+        else:
+            args.out.write_text(table + "\n")
+    return 0
+
+
+def to_markdown(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| shape | loss | ours ms | MONAI equivalent | MONAI ms | ratio (MONAI/ours) |",
+             "|---|---|---:|---|---:|---:|"]
+    for r in rows:
+        monai_ms = "-" if r["monai_ms"] is None else f"{r['monai_ms']:.1f}"
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        lines.append(f"| {r['shape']} | {r['loss']} | {r['ours_ms']:.1f} | {r['monai']} | {monai_ms} | {ratio} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
