@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -142,6 +141,18 @@ def guarded_pow(x: torch.Tensor, exponent: float, eps: float) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- shared quantities
+def class_sums(values: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``sum_{i: y_i = c} values_i`` per sample and class, ``[B, C]``, differentiable in ``values``.
+
+    ``values`` and ``target`` are ``[B, *spatial]``. The scatter-add accumulates
+    sequentially, so it runs in float64: in float32 a 96^3 volume loses ~1e-4 of
+    relative precision (a dense ``(s * g).sum()`` uses pairwise summation instead).
+    """
+    B = values.shape[0]
+    sums = torch.zeros(B, num_classes, dtype=torch.float64, device=values.device)
+    return sums.scatter_add(1, target.reshape(B, -1), values.reshape(B, -1).double()).to(values.dtype)
+
+
 @dataclass(frozen=True)
 class SoftCounts:
     """Per-class soft counts, ``[B, C]`` (per sample) or ``[C]`` (batch pooled); all classes."""
@@ -263,8 +274,7 @@ class LossInputs:
         B, C = self.batch_size, self.num_classes
         flat = self.target.reshape(B, -1)
         if self.valid is not None:
-            return flat.new_zeros(B, C, dtype=torch.float32).scatter_add_(
-                1, flat, self.valid_float.reshape(B, -1))
+            return class_sums(self.valid_float, self.target, C)
         offsets = torch.arange(B, device=flat.device).unsqueeze(1) * C
         return torch.bincount((flat + offsets).reshape(-1), minlength=B * C).reshape(B, C).float()
 
@@ -284,28 +294,22 @@ class LossInputs:
                 per_sample.tp, per_sample.pred_sum, per_sample.target_sum, per_sample.pred_sq_sum)))
         elif squared:
             plain = self.counts(False, False)
-            p = self._masked_flat_probs()
             result = SoftCounts(plain.tp, plain.pred_sum, plain.target_sum,
-                                torch.linalg.vector_norm(p, 2, dim=2).square())
+                                torch.linalg.vector_norm(self.flat_probs, 2, dim=2).square())
         else:
-            B, C = self.batch_size, self.num_classes
-            p = self._masked_flat_probs()
-            t = self.target.reshape(B, -1)
-            p_target = self.target_prob.reshape(B, -1)
-            if self.valid is not None:
-                p_target = p_target * self.valid_float.reshape(B, -1)
-            tp = p.new_zeros(B, C).scatter_add(1, t, p_target)
-            result = SoftCounts(tp, p.sum(2), self.class_voxel_counts)
+            p_target = self.target_prob if self.valid is None else self.target_prob * self.valid
+            tp = class_sums(p_target, self.target, self.num_classes)
+            result = SoftCounts(tp, self.flat_probs.sum(2), self.class_voxel_counts)
         self._counts[key] = result
         return result
 
-    def _masked_flat_probs(self) -> torch.Tensor:
-        if "_masked_flat" not in self.__dict__:
-            p = self.probs.reshape(self.batch_size, self.num_classes, -1)
-            if self.valid is not None:
-                p = p * self.valid_float.reshape(self.batch_size, 1, -1)
-            self.__dict__["_masked_flat"] = p
-        return self.__dict__["_masked_flat"]
+    @cached_property
+    def flat_probs(self) -> torch.Tensor:
+        """``s`` as ``[B, C, N]``, zero at ignored voxels."""
+        p = self.probs.reshape(self.batch_size, self.num_classes, -1)
+        if self.valid is not None:
+            p = p * self.valid_float.reshape(self.batch_size, 1, -1)
+        return p
 
 
 # --------------------------------------------------------------------------- the base class

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import (REDUCTIONS, LossInputs, SegLoss, check_option, check_weight_length, guarded_pow, is_sequence,
-                   parse_class_weights, reduce)
+from .base import (REDUCTIONS, LossInputs, SegLoss, check_option, check_weight_length, class_sums, guarded_pow,
+                   is_sequence, parse_class_weights, reduce)
 from .registry import register_loss
 
 _POW_EPS = 1e-12
@@ -161,18 +161,13 @@ class FocalLoss(SegLoss):
                  reduction: str = "mean", num_classes: int | None = None):
         super().__init__()
         self.gamma = float(check_option("gamma", gamma, low=0.0))
-        if alpha is None or isinstance(alpha, str):
-            if alpha is not None:
-                raise ValueError(f"alpha must be null, a number in [0, 1] or a list of per-class weights, got {alpha!r}")
-            self.alpha_scalar = None
-            self.register_buffer("alpha_vector", None, persistent=False)
-        elif is_sequence(alpha):
-            self.alpha_scalar = None
-            self.register_buffer("alpha_vector", parse_class_weights(alpha, num_classes, name="alpha"),
-                                 persistent=False)
-        else:
+        self.alpha_scalar = None
+        alpha_vector = None
+        if is_sequence(alpha):
+            alpha_vector = parse_class_weights(alpha, num_classes, name="alpha")
+        elif alpha is not None:
             self.alpha_scalar = float(check_option("alpha", alpha, low=0.0, high=1.0))
-            self.register_buffer("alpha_vector", None, persistent=False)
+        self.register_buffer("alpha_vector", alpha_vector, persistent=False)
         self.sigmoid = bool(sigmoid)
         self.ignore_index = ignore_index
         self.reduction = check_option("reduction", reduction, choices=REDUCTIONS)
@@ -301,8 +296,8 @@ class SensitivitySpecificityLoss(SegLoss):
         own_sq = p_t.square()          # s^2 on the class's own voxels
         if m is not None:
             miss, own_sq = miss * m, own_sq * m
-        miss = miss.new_zeros(B, C).scatter_add(1, t, miss)
-        false_alarm = counts.pred_sq_sum - miss.new_zeros(B, C).scatter_add(1, t, own_sq)  # s^2 off the class
+        miss = class_sums(miss, t, C)
+        false_alarm = counts.pred_sq_sum - class_sums(own_sq, t, C)  # s^2 off the class
         positives = counts.target_sum
         negatives = n_voxels - positives
         if self.batch:
