@@ -308,3 +308,261 @@ def test_table_accepts_single_run_and_results_dirs(sweep, tmp_path, capsys):
     out, _ = run_table(capsys, sweep / "4", sweep / "5" / "results", sweep / "4", "--out", tmp_path)
     rows = markdown_rows(out)
     assert list(rows)[1:] == ["ce_dice"] and rows["ce_dice"][1] == "2"  # duplicates counted once
+
+
+# ----------------------------------------------------------------------------------------------
+# segbench-figures
+
+from segbench.report import figures as figures_cli  # noqa: E402
+
+
+def run_figures(capsys, *argv) -> str:
+    assert figures_cli.main([str(a) for a in argv]) == 0
+    return capsys.readouterr().err
+
+
+def assert_figure_files(out_dir: Path, stem: str) -> None:
+    png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+
+
+def rows_with_base(loss: str, seed: int, base: float) -> list[dict]:
+    """case_rows with BASE[loss] replaced by ``base`` (so DSC depends on the swept value)."""
+    rows = case_rows(loss, seed)
+    shift = base - BASE[loss]
+    for row in rows:
+        if row["status"] == "ok":
+            row["dsc"] += shift
+            row["hd95"] = row["hd"] = 100.0 * (1.0 - row["dsc"])
+    return rows
+
+
+def test_figure_dsc_vs_gamma(tmp_path, capsys):
+    sweep_dir = tmp_path / "gamma"
+    bases = {0.25: 0.84, 0.5: 0.82, 1.0: 0.78}
+    job = 0
+    for gamma, base in bases.items():
+        for seed in (1, 2):
+            write_run(sweep_dir / str(job), "afw_dice", seed, rows=rows_with_base("afw_dice", seed, base),
+                      extra_config={"loss": {"gamma": gamma}})
+            job += 1
+    write_run(sweep_dir / str(job), "ce_dice", 1)  # no gamma: left out with a warning
+    write_run(sweep_dir / str(job + 1), "afw_dice", 1, error="boom", extra_config={"loss": {"gamma": 2.0}})
+    err = run_figures(capsys, "gamma", sweep_dir, "--key", "loss.gamma", "--percent", "--per-organ",
+                      "--out", tmp_path / "fig")
+    assert "1 run(s) without loss.gamma left out" in err and "1 failed job(s) left out" in err
+    assert_figure_files(tmp_path / "fig", "gamma")
+    import pandas as pd
+
+    curve = pd.read_csv(tmp_path / "fig" / "gamma.csv")
+    assert list(curve["x"]) == [0.25, 0.5, 1.0] and list(curve["n_runs"]) == [2, 2, 2]
+    # mean DSC of a run = base + seed offset + (.05 + .10 - .16) / 3; the seeds average out, std = .02 / sqrt 2
+    expected = [100 * (b + (0.05 + 0.10 - 0.16) / 3) for b in bases.values()]
+    assert curve["mean"].to_numpy() == pytest.approx(expected, abs=1e-4)
+    assert curve["std"].to_numpy() == pytest.approx([100 * 0.02 / math.sqrt(2)] * 3, abs=1e-4)
+    assert curve["organ:liver"].to_numpy() == pytest.approx([100 * (b + 0.10) for b in bases.values()], abs=1e-4)
+
+
+def test_figure_dsc_vs_number_of_focused_organs(tmp_path, capsys):
+    # data.class_names = background + 3 organs, so "all" focuses 3
+    for job, (focused, base) in enumerate([([], 0.76), (["pancreas"], 0.78), (["pancreas", "aorta"], 0.79),
+                                           ("all", 0.81)]):
+        write_run(tmp_path / "sweep" / str(job), "afw_dice", 1, rows=rows_with_base("afw_dice", 1, base),
+                  extra_config={"loss": {"focused_classes": focused}})
+    run_figures(capsys, "focused", tmp_path / "sweep", "--out", tmp_path / "fig")
+    assert_figure_files(tmp_path / "fig", "focused")
+    import pandas as pd
+
+    curve = pd.read_csv(tmp_path / "fig" / "focused.csv")
+    assert list(curve["x"]) == [0, 1, 2, 3]
+    # one seed (offset -.01) per point: no std
+    assert curve["mean"].to_numpy() == pytest.approx([b - 0.01 - 0.01 / 3 for b in (0.76, 0.78, 0.79, 0.81)],
+                                                     abs=1e-5)
+
+
+def test_figure_per_organ_bars(sweep, tmp_path, capsys):
+    err = run_figures(capsys, "organs", sweep, "--group-by", "loss.name", "--percent", "--out", tmp_path)
+    assert "1 failed job(s) left out" in err
+    assert_figure_files(tmp_path, "organs")
+    import pandas as pd
+
+    bars = pd.read_csv(tmp_path / "organs.csv").set_index(["group", "organ"])
+    # the same numbers as the table: ce_dice aorta 85.00 ± 1.41, mean 79.67
+    assert bars.loc[("ce_dice", "aorta"), "mean"] == pytest.approx(85.0, abs=1e-4)
+    assert bars.loc[("ce_dice", "aorta"), "std"] == pytest.approx(1.41421, abs=1e-4)
+    assert bars.loc[("dice", "mean"), "mean"] == pytest.approx(78.4444, abs=1e-3)
+    assert sorted(set(bars.index.get_level_values(0))) == ["ce", "ce_dice", "dice"]
+
+
+def test_figures_refuse_mixed_conventions(sweep, tmp_path, capsys):
+    write_run(sweep / "7", "ce_dice", 3, convention="transunet")
+    with pytest.raises(SystemExit) as info:
+        figures_cli.main(["organs", str(sweep), "--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("segbench-figures: error: refusing to put runs of different metric "
+                                              "conventions in one figure")
+
+
+def test_figure_loss_vs_dice_is_computed_by_afw_dice(tmp_path, capsys):
+    run_figures(capsys, "loss-vs-dice", "--gammas", "0.25,0.5,1.0", "--points", "19", "--out", tmp_path)
+    assert_figure_files(tmp_path, "loss_vs_dice")
+    import pandas as pd
+
+    curves = pd.read_csv(tmp_path / "loss_vs_dice.csv")
+    assert curves["source"].iloc[0].startswith("afw_dice")
+    # the organ gets probability p = d / (2 - d) so that its soft Dice 2p / (1 + p) = d
+    assert curves["dice"].to_numpy() == pytest.approx(curves["dice_target"].to_numpy(), abs=1e-4)
+    # the loss's value is L^gamma with L = 1 - Dice, its autograd gradient -gamma L^(gamma - 1)
+    loss_l = 1.0 - curves["dice"]
+    assert curves["focal_term"].to_numpy() == pytest.approx((loss_l ** curves["gamma"]).to_numpy(), rel=1e-4)
+    expected_grad = -curves["gamma"] * loss_l ** (curves["gamma"] - 1)
+    assert curves["d_focal_d_dice"].to_numpy() == pytest.approx(expected_grad.to_numpy(), rel=1e-3)
+    # gamma = 0.25 at Dice 0.5: L^gamma = 0.5^0.25 = 0.8409
+    half = curves[(curves["gamma"] == 0.25) & (curves["dice_target"].round(6) == 0.5)]
+    assert half["focal_term"].iloc[0] == pytest.approx(0.8409, abs=1e-3)
+
+
+def test_figure_loss_vs_dice_falls_back_to_dice_without_afw(tmp_path, capsys, monkeypatch):
+    import segbench.losses as losses
+
+    registered = losses.available_losses()
+    monkeypatch.setattr(losses, "available_losses", lambda: [n for n in registered if n != "afw_dice"])
+    run_figures(capsys, "loss-vs-dice", "--gammas", "0.5", "--points", "9", "--out", tmp_path)
+    import pandas as pd
+
+    curves = pd.read_csv(tmp_path / "loss_vs_dice.csv")
+    assert curves["source"].iloc[0] == "dice loss value ^ gamma (afw_dice not registered)"
+    assert curves["focal_term"].to_numpy() == pytest.approx(((1 - curves["dice"]) ** 0.5).to_numpy(), rel=1e-4)
+    assert_figure_files(tmp_path, "loss_vs_dice")
+
+
+# ----------------------------------------------------------------------------------------------
+# the loss-behaviour probe
+
+PROBE_SMALL = ["--size", "40", "--large-radius", "12", "--small-radius", "3", "--reference-radius", "3",
+               "--steps", "4"]
+
+
+@pytest.fixture
+def probe_test_losses():
+    """Three throw-away losses: one whose forward fails, one constant, one whose constructor fails."""
+    import torch
+
+    from segbench.losses import LOSSES, SegLoss, register_loss
+
+    @register_loss("_probe_broken")
+    class Broken(SegLoss):
+        def forward(self, logits, target):
+            raise RuntimeError("needs precomputed distance maps")
+
+    @register_loss("_probe_constant")
+    class Constant(SegLoss):
+        def forward(self, logits, target):
+            return logits.sum() * 0.0 + torch.tensor(1.0)
+
+    @register_loss("_probe_unbuildable")
+    class Unbuildable(SegLoss):
+        def __init__(self, num_classes: int | None = None):
+            super().__init__()
+            raise ValueError("unbuildable needs a distance map config")
+
+    yield ["_probe_broken", "_probe_constant", "_probe_unbuildable"]
+    for name in ("_probe_broken", "_probe_constant", "_probe_unbuildable"):
+        LOSSES.pop(name, None)
+
+
+def test_probe_flags_monotonic_losses_and_reports_failures(probe_test_losses, tmp_path, capsys):
+    losses = ",".join(["ce", "dice", *probe_test_losses])
+    assert figures_cli.main(["probe", "--losses", losses, *PROBE_SMALL, "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert_figure_files(tmp_path, "probe")
+    table = (tmp_path / "probe.md").read_text()
+    assert captured.out == table
+    lines = {ln.split(" | ")[0].lstrip("| "): ln for ln in table.splitlines() if ln.startswith("| ")}
+    assert lines["ce"].startswith("| ce | yes | yes | yes | yes | ")
+    assert lines["dice"].startswith("| dice | yes | yes | yes | yes | ")
+    assert lines["_probe_constant"].startswith("| _probe_constant | flat | flat | flat | flat | - | ok")
+    assert lines["_probe_broken"].endswith("| forward failed: RuntimeError: needs precomputed distance maps |")
+    assert lines["_probe_unbuildable"].endswith("| build failed: ValueError: unbuildable needs a distance map "
+                                                "config |")
+    assert "loss _probe_broken: forward failed" in captured.err
+    import pandas as pd
+
+    curves = pd.read_csv(tmp_path / "probe.csv")
+    # 2 objects x 2 error kinds x 5 fractions for each loss that ran
+    assert curves.groupby("loss").size().to_dict() == {"_probe_constant": 20, "ce": 20, "dice": 20}
+    ce = curves[curves["loss"] == "ce"]
+    # CE counts wrong pixels over the whole image: the same rise for fp and fn of equal size...
+    fp = ce[(ce["object"] == "large") & (ce["error"] == "fp")]["value"].to_numpy()
+    fn = ce[(ce["object"] == "large") & (ce["error"] == "fn")]["value"].to_numpy()
+    assert fp == pytest.approx(fn, rel=1e-4)
+    # ...and the normalisation puts the largest rise of each loss at 1
+    assert curves.groupby("loss")["normalized"].max().to_dict() == pytest.approx(
+        {"_probe_constant": 0.0, "ce": 1.0, "dice": 1.0})
+    # the discs are centred between pixels (19.5, 19.5): radius 3 -> 4 x 8 = 32 pixels, radius 12 -> 448.
+    # CE's rise is (wrong pixels) x 2 margin / N, so at 50 % fn small / large = 16 / 224
+    summary = pd.read_csv(tmp_path / "probe_summary.csv").set_index("loss")
+    pixels = curves[curves["loss"] == "ce"].groupby("object")["object_pixels"].first().to_dict()
+    assert pixels == {"large": 448, "small": 32}
+    assert summary.loc["ce", "small_over_large_fn"] == pytest.approx(16 / 224, rel=1e-4)
+
+
+def test_probe_runs_every_registered_loss(tmp_path, capsys):
+    from segbench.losses import available_losses
+    from segbench.report.probe import ProbeSettings, run_probe
+
+    curves, summary = run_probe(["all"], ProbeSettings(size=40, large_radius=12, small_radius=3,
+                                                       reference_radius=3, steps=2))
+    assert list(summary["loss"]) == available_losses()
+    # every loss either ran (4 curves x 3 fractions) or says why not
+    for _, row in summary.iterrows():
+        n = int((curves["loss"] == row["loss"]).sum())
+        assert (row["status"] in ("ok", "non-finite values") and n == 12) or \
+            (row["status"].startswith(("build failed", "forward failed")) and n == 0), row.to_dict()
+    assert {row["loss"] for _, row in summary.iterrows() if row["status"] == "ok"} >= {"ce", "dice", "ce_dice"}
+
+
+# ----------------------------------------------------------------------------------------------
+# end to end: a real Hydra sweep through the command line, then segbench-table
+
+
+def test_table_of_a_real_sweep(phantom_dir, tmp_path):
+    import os
+    import shutil
+    import subprocess
+
+    import pandas as pd
+
+    train = shutil.which("segbench-train")
+    table = shutil.which("segbench-table")
+    assert train and table, "install the package (pip install -e .) for the console scripts"
+    sweep_dir = tmp_path / "sweep"
+    env = {**os.environ, "SEGBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
+    proc = subprocess.run([train, "-m", "debug=smoke", "loss=ce,dice,ce_dice", "seed=1,2", "num_threads=1",
+                           f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={phantom_dir}"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep_dir / "multirun.yaml").is_file()
+    proc = subprocess.run([table, str(sweep_dir), "--group-by", "loss.name", "--decimals", "4",
+                           "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = markdown_rows(proc.stdout)
+    assert list(rows)[1:] == ["ce", "dice", "ce_dice"]
+
+    # recompute every cell from the six per_case.csv files
+    expected = {}
+    for job in range(6):
+        run_dir = sweep_dir / str(job)
+        config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+        frame = pd.read_csv(run_dir / "results" / "per_case.csv")
+        per_organ = frame.groupby("organ", sort=False)[["dsc", "hd95"]].mean()  # NaN (excluded) skipped
+        values = [per_organ["dsc"].mean(), per_organ["hd95"].mean(), *per_organ["dsc"]]
+        expected.setdefault(config["loss"]["name"], []).append(values)
+    header = rows["__header__"]
+    assert header[:4] == ["Method", "n", "DSC", "HD95 (mm)"]
+    assert header[4:] == list(per_organ.index)  # the organ order of the summaries
+    for loss, runs in expected.items():
+        assert len(runs) == 2, loss
+        cells = [f"{np.mean(col):.4f} ± {np.std(col, ddof=1):.4f}" for col in zip(*runs)]
+        assert rows[loss] == [loss, "2", *cells]

@@ -318,7 +318,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 #: config keys that legitimately differ between the seeds of one group
-_IGNORED_DIFFERENCES = re.compile(r"^(seed|paths\..*|ckpt_path|task_name|hydra\..*|.*(_dir|_path|dir|root))$")
+_IGNORED_DIFFERENCES = re.compile(r"^(seed|paths\..*|ckpt_path|task_name|hydra\..*|.*(dir|path|root|version))$")
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
