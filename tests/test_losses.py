@@ -248,6 +248,18 @@ def test_focal_dice_parts_match_monai_dice_focal(dim, include_background):
     close(make("focal", sigmoid=True, gamma=1.5)(logits, target), float(focal_only(logits, onehot)))
 
 
+@pytest.mark.parametrize("dim,include_background", list(both_ways()))
+def test_ce_gd_is_torch_ce_plus_monai_generalized_dice(dim, include_background):
+    # MONAI ships no CE + GD: compare with torch's CE + MONAI's GeneralizedDiceLoss (raw 1/n^2 weights)
+    logits, target = random_case(SPATIAL[dim], seed=13)
+    target[target == 2] = 1  # an absent class
+    gd = monai_losses.GeneralizedDiceLoss(include_background=include_background, to_onehot_y=True, softmax=True)
+    expected = 0.4 * F.cross_entropy(logits, target) + 1.5 * gd(logits, target.unsqueeze(1))
+    ours = make("ce_gd", include_background=include_background, normalize_weights=False, lambda_ce=0.4,
+                lambda_gd=1.5)
+    close(ours(logits, target), float(expected))
+
+
 @pytest.mark.parametrize("dim", SPATIAL)
 def test_asymmetric_unified_focal_matches_monai_binary(dim):
     """MONAI's AsymmetricUnifiedFocalLoss is binary, takes probabilities, and averages its focal term

@@ -178,7 +178,6 @@ class ExponentialLogarithmicLoss(SegLoss):
         self.gamma_dice = float(check_option("gamma_dice", gamma_dice, low=0.0, low_open=True))
         self.gamma_ce = float(check_option("gamma_ce", gamma_ce, low=0.0, low_open=True))
         self.dice = DiceLoss(include_background=include_background, smooth=smooth, batch=batch)
-        self.ce = CrossEntropyLoss(class_weights=None)
         weights = parse_class_weights(class_weights, num_classes, strings=("inverse_sqrt_frequency",))
         self.sqrt_frequency = weights == "inverse_sqrt_frequency"
         self.register_buffer("fixed_weights", weights if torch.is_tensor(weights) else None, persistent=False)
