@@ -441,8 +441,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(p, "loss_vs_dice")
 
     p = sub.add_parser("probe", help="every loss vs growing false positives / negatives, large vs small object",
-                       description=__import__("segbench.report.probe", fromlist=["x"]).__doc__.split("\n\n")[1],
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=(
+                           "Evaluates every registered loss (built as training builds it, with the options of "
+                           "configs/loss/<name>.yaml) on a synthetic 2D image with 3 classes: background, a "
+                           "centred object disc (large or small) and an always-correct reference disc. "
+                           "Predictions are confident logits of label maps with a growing fraction of false "
+                           "positives (nearest background pixels added) or false negatives (boundary pixels "
+                           "removed). Writes probe.png/.pdf (normalised loss rise vs error fraction, one panel per "
+                           "loss), probe.csv (raw values), probe_summary.csv and probe.md (which curves rise "
+                           "monotonically; losses that fail are listed with the error)."))
     p.add_argument("--losses", default="all", help="comma list of registered losses, or all (default)")
     p.add_argument("--size", type=int, default=128, help="image size (default 128)")
     p.add_argument("--large-radius", type=float, default=40.0, help="radius of the large object (default 40)")
