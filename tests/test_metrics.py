@@ -299,6 +299,31 @@ def test_describe_and_units():
         describe("monai")
 
 
+@pytest.mark.parametrize("method", ["edt", "kdtree"])
+@pytest.mark.parametrize("shape, spacing", [((40, 46), (2.0, 0.6)), ((16, 30, 26), (3.0, 0.8, 0.7))])
+def test_both_exact_distance_methods_match_medpy(method, shape, spacing):
+    # The CPU path picks scipy's EDT (small or thin crops) or a k-d tree over surface
+    # voxels (large compact organs) by a cost model; both must give medpy's numbers.
+    from segbench.metrics import _numpy_backend
+
+    rng = np.random.default_rng(len(shape) + len(method))
+    for _ in range(3):
+        g = random_blobs(rng, shape, 3, (2, 9))
+        p = random_blobs(rng, shape, 3, (2, 9))
+        if not (g.any() and p.any()):
+            continue
+        d_pg, d_gp = _numpy_backend.surface_distances(p, g, np.asarray(spacing), method)
+        ref = _numpy_backend.surface_distances(p, g, np.asarray(spacing), "edt")
+        np.testing.assert_allclose(d_pg, ref[0], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(d_gp, ref[1], rtol=0, atol=1e-12)
+        stats = _numpy_backend.evaluate_labels(
+            p.astype(np.uint8), g.astype(np.uint8), [1], np.asarray(spacing), True, None, distance_method=method
+        )[1]
+        assert stats.hd95 == pytest.approx(medpy_binary.hd95(p, g, voxelspacing=spacing), rel=1e-14)
+        assert stats.assd == pytest.approx(medpy_binary.assd(p, g, voxelspacing=spacing), rel=1e-14)
+        assert stats.hd == pytest.approx(medpy_binary.hd(p, g, voxelspacing=spacing), rel=1e-14)
+
+
 # ------------------------------------------------------------------------------ cropping
 
 
