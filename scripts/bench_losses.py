@@ -66,21 +66,27 @@ def monai_equivalents(num_classes: int) -> dict[str, tuple[str, Callable]]:
     }
 
 
-def time_fn(fn: Callable, logits: torch.Tensor, target: torch.Tensor, repeats: int, warmup: int) -> float:
-    """Median wall time (ms) of forward + backward."""
+def time_fns(fns: list[Callable], logits: torch.Tensor, target: torch.Tensor, repeats: int,
+             warmup: int) -> list[float]:
+    """Median wall time (ms) of forward + backward of each function.
+
+    The functions run interleaved (ours, MONAI, ours, ...) so that both see the same
+    machine load; on a shared CPU the spread between runs is still large.
+    """
     cuda = logits.device.type == "cuda"
-    times = []
+    times: list[list[float]] = [[] for _ in fns]
     for i in range(warmup + repeats):
-        logits.grad = None
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn(logits, target).backward()
-        if cuda:
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+        for k, fn in enumerate(fns):
+            logits.grad = None
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn(logits, target).backward()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times[k].append((time.perf_counter() - start) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,14 +120,14 @@ def main(argv: list[str] | None = None) -> int:
         references = {} if args.no_monai else monai_equivalents(shape[1])
         for name in names:
             loss = build_loss(name, num_classes=shape[1], class_names=CLASS_NAMES).to(device)
+            reference = references.get(name, ("-", None))
+            fns = [loss] + ([reference[1]] if reference[1] is not None else [])
             try:
-                ours = time_fn(loss, logits, target, args.repeats, args.warmup)
+                timings = time_fns(fns, logits, target, args.repeats, args.warmup)
             except Exception as error:  # a loss that cannot run at this size is reported, not fatal
                 print(f"{name} [{shape_name}] failed: {error}", file=sys.stderr)
-                ours = float("nan")
-            reference, ref_ms = references.get(name, ("-", None)), None
-            if reference[1] is not None:
-                ref_ms = time_fn(reference[1], logits, target, args.repeats, args.warmup)
+                timings = [float("nan")] * len(fns)
+            ours, ref_ms = timings[0], (timings[1] if len(timings) > 1 else None)
             rows.append({"shape": shape_name, "loss": name, "ours_ms": ours, "monai": reference[0],
                          "monai_ms": ref_ms, "ratio": None if ref_ms is None else ref_ms / ours})
             print(f"{shape_name} {name:30s} {ours:9.1f} ms" + ("" if ref_ms is None else

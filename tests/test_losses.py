@@ -551,6 +551,21 @@ def test_value_and_gradient_stay_finite(name, dim, kind):
 
 
 @pytest.mark.parametrize("name", available_losses())
+def test_hooks_and_state_dict(name):
+    # what the LightningModule relies on: the epoch hook, float log values, a checkpointable state
+    import copy
+    loss = make(name)
+    loss.on_train_epoch_start(0, 10)
+    logits, target = random_case(SPATIAL["2d"])
+    loss(logits, target)
+    values = loss.log_values()
+    assert isinstance(values, dict) and all(isinstance(v, float) for v in values.values())
+    clone = copy.deepcopy(loss)
+    clone.load_state_dict(loss.state_dict())
+    close(clone(logits, target), float(loss(logits, target)))
+
+
+@pytest.mark.parametrize("name", available_losses())
 def test_label_ids_beyond_the_classes_are_rejected(name):
     logits, target = random_case(SPATIAL["2d"])
     target[0, 0, 0] = C
