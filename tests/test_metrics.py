@@ -299,7 +299,7 @@ def test_describe_and_units():
         describe("monai")
 
 
-@pytest.mark.parametrize("method", ["edt", "kdtree"])
+@pytest.mark.parametrize("method", ["edt", "kdtree", "local"])
 @pytest.mark.parametrize("shape, spacing", [((40, 46), (2.0, 0.6)), ((16, 30, 26), (3.0, 0.8, 0.7))])
 def test_both_exact_distance_methods_match_medpy(method, shape, spacing):
     # The CPU path picks scipy's EDT (small or thin crops) or a k-d tree over surface
@@ -322,6 +322,35 @@ def test_both_exact_distance_methods_match_medpy(method, shape, spacing):
         assert stats.hd95 == pytest.approx(medpy_binary.hd95(p, g, voxelspacing=spacing), rel=1e-14)
         assert stats.assd == pytest.approx(medpy_binary.assd(p, g, voxelspacing=spacing), rel=1e-14)
         assert stats.hd == pytest.approx(medpy_binary.hd(p, g, voxelspacing=spacing), rel=1e-14)
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (2.5, 0.78, 0.78), (0.7, 3.0, 1.1), (2.0, 0.5)])
+def test_local_search_offsets_are_complete_and_sorted(spacing):
+    # "local" returns the length of the first offset (by length) that hits the other
+    # surface: exact only if the list holds EVERY offset up to its last length.
+    from segbench.metrics import _numpy_backend
+
+    sampling = np.asarray(spacing)
+    offsets, lengths = _numpy_backend._sorted_offsets(sampling)
+    assert np.all(np.diff(lengths) >= 0) and lengths[0] == 0.0
+    big = np.stack(np.meshgrid(*[np.arange(-40, 41)] * len(spacing), indexing="ij"), -1).reshape(-1, len(spacing))
+    big_len = _numpy_backend._offset_length(big, sampling)
+    assert np.count_nonzero(big_len <= lengths[-1]) == len(offsets)
+    assert 100 < len(offsets) <= _numpy_backend._LOCAL_MAX_OFFSETS
+
+
+def test_local_search_with_far_points_equals_edt():
+    # Far blob: its surface voxels are beyond the offset list and go to the k-d tree.
+    g = box((60,) * 3, (10, 10, 10), (20, 20, 20)).astype(bool)
+    p = g | box((60,) * 3, (42, 42, 42), (7, 7, 7)).astype(bool)
+    p[12:14, 12:30, 5:10] = True  # a near protrusion, resolved by the offset search
+    from segbench.metrics import _numpy_backend
+
+    for spacing in ((1.0, 1.0, 1.0), (3.0, 0.8, 0.8)):
+        local = _numpy_backend.surface_distances(p, g, np.asarray(spacing), "local")
+        edt = _numpy_backend.surface_distances(p, g, np.asarray(spacing), "edt")
+        for a, b in zip(local, edt):
+            np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------------------------ cropping
