@@ -10,6 +10,7 @@ volume with the case's own voxel spacing.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +22,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
+from .preprocess import check_target_spacing, resample_volume
 from .volume import CaseRef, Volume
+
+log = logging.getLogger("segbench.data")
 
 
 def window_hu(image: np.ndarray, window: Sequence[float]) -> np.ndarray:
     """Clip HU to ``window = (low, high)`` and scale to [0, 1]."""
     low, high = float(window[0]), float(window[1])
     return ((np.clip(image, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def unit_image(vol: Volume, window: Sequence[float]) -> np.ndarray:
+    """The case's image in [0, 1]: HU window, unless the source already normalised it."""
+    return vol.image.astype(np.float32) if vol.normalized else window_hu(vol.image, window)
 
 
 def resize_slices(slices: np.ndarray, size: int, is_label: bool) -> np.ndarray:
@@ -84,7 +93,7 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         vol = self.volumes[i]
-        slices = resize_slices(window_hu(vol.image, self.window), self.img_size, is_label=False)
+        slices = resize_slices(unit_image(vol, self.window), self.img_size, is_label=False)
         return {"case_id": vol.case_id, "image": torch.from_numpy(slices)[:, None],
                 "label": torch.from_numpy(vol.label), "spacing": vol.spacing,
                 "affine": vol.affine, "native_shape": vol.shape}
@@ -94,13 +103,71 @@ def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
+def _seeded_order(case_ids: list[str], seed: int | None, subset: int | None) -> list[str]:
+    """The case order for counts / ratios: as listed, or shuffled by ``seed`` and cut to ``subset`` cases."""
+    if subset is not None:
+        if seed is None:
+            raise ConfigError("data.split.subset needs data.split.seed (the random choice must be reproducible)")
+        if int(subset) < 1:
+            raise ConfigError(f"data.split.subset must be >= 1 or null (all cases), got {subset}")
+        if int(subset) > len(case_ids):
+            raise DataError(f"data.split.subset={subset} but the dataset has {len(case_ids)} cases; "
+                            "lower it or set data.split.subset=null to use all cases")
+    if seed is None:
+        return list(case_ids)
+    order = np.random.default_rng(int(seed)).permutation(len(case_ids))
+    shuffled = [case_ids[i] for i in order]
+    return shuffled[: int(subset)] if subset is not None else shuffled
+
+
+def ratio_counts(n: int, ratios: Sequence[float]) -> dict[str, int]:
+    """``n`` cases split in proportion to ``ratios = [train, val, test]`` (largest remainder, ties to train)."""
+    values = [float(r) for r in ratios]
+    if len(values) != 3 or min(values) < 0 or sum(values) <= 0:
+        raise ConfigError(f"data.split.ratios must be [train, val, test] with values >= 0, got {list(ratios)}")
+    exact = [n * r / sum(values) for r in values]
+    counts = [math.floor(e) for e in exact]
+    for i in sorted(range(3), key=lambda i: (counts[i] - exact[i], i))[: n - sum(counts)]:
+        counts[i] += 1
+    for part, r, c in zip(("train", "val", "test"), values, counts):
+        if r > 0 and c == 0:
+            raise DataError(f"data.split.ratios {list(ratios)} leave split '{part}' empty with {n} cases; "
+                            "use more cases (data.split.subset) or other ratios")
+    return dict(zip(("train", "val", "test"), counts))
+
+
+def _match_id(case_id: Any, known: set[str]) -> str:
+    """A case id from a config: as written, or zero-padded to 4 digits (YAML reads 0005 as 5)."""
+    text = str(case_id)
+    if text not in known and text.isdigit() and text.zfill(4) in known:
+        return text.zfill(4)
+    return text
+
+
 def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[str]]:
-    """Turn ``{train: 12, val: 2, test: 6}`` (counts, taken in order) or explicit id lists into id lists."""
+    """Turn a split spec into id lists.
+
+    ``{train: 12, val: 2, test: 6}`` are counts taken in order, or lists of case ids. ``ratios:
+    [6, 1, 3]`` splits in proportion instead. ``seed`` shuffles the case order before counts or
+    ratios are applied and ``subset: N`` then keeps the first N shuffled cases (AbdomenCT-1K's
+    100-case subset). Explicit train/val/test entries win over ``ratios`` (so overlays such as
+    ``debug=smoke`` can shrink any split).
+    """
+    split = dict(split)
+    ratios, subset, seed = split.pop("ratios", None), split.pop("subset", None), split.pop("seed", None)
+    known = set(case_ids)
+    case_ids = _seeded_order(case_ids, seed, subset)
+    if ratios is not None:
+        if any(split.get(part) is not None for part in ("train", "val", "test")):
+            log.info("data.split: explicit train/val/test entries given; data.split.ratios is not used")
+        else:
+            split = ratio_counts(len(case_ids), ratios)
     out: dict[str, list[str]] = {}
     cursor = 0
-    known = set(case_ids)
     for part in ("train", "val", "test"):
         spec = split.get(part, 0)
+        if spec is None:
+            spec = 0
         if isinstance(spec, int):
             if spec < 0:
                 raise ConfigError(f"data.split.{part} must be >= 0, got {spec}")
@@ -110,7 +177,7 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
                                 f"cases but the dataset has {len(case_ids)}; lower the split counts")
             cursor += spec
         else:
-            ids = [str(c).zfill(4) if str(c).isdigit() else str(c) for c in spec]
+            ids = [_match_id(c, known) for c in spec]
             missing = [c for c in ids if c not in known]
             if missing:
                 raise DataError(f"data.split.{part} names case(s) {missing} that are not in the dataset "
@@ -138,6 +205,9 @@ class SegDataModule(pl.LightningDataModule):
         spatial_dims: 2 (axial slices); 3D training arrives with the 3D path.
         name: the dataset's name (recorded in results).
         slices_with_foreground_only: train on slices that show at least one organ.
+        cache_dir: where preprocessed cases are cached (:mod:`segbench.data.cache`); ``None`` = no cache.
+        target_spacing: ``[sz, sy, sx]`` mm to resample every case to before slicing (``null`` entries
+            keep that axis; ``None`` = native spacing). Test cases are then scored on the resampled grid.
         root, phantom: read by the source config through interpolation (``${data.root}``);
             accepted here so that the data config stays one flat group.
     """
@@ -146,7 +216,8 @@ class SegDataModule(pl.LightningDataModule):
                  img_size: int = 224, batch_size: int = 24, num_workers: int = 0,
                  augment: dict[str, float] | None = None, spatial_dims: int = 2, num_classes: int | None = None,
                  name: str = "dataset", slices_with_foreground_only: bool = False,
-                 root: str | None = None, phantom: dict | None = None):
+                 root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
+                 target_spacing: Sequence[float | None] | None = None):
         super().__init__()
         self.source = source
         self.class_names = list(class_names)
@@ -170,6 +241,12 @@ class SegDataModule(pl.LightningDataModule):
         self.augment = dict(augment or {})
         self.name = name
         self.slices_with_foreground_only = slices_with_foreground_only
+        self.target_spacing = check_target_spacing(target_spacing)
+        self.cache = None
+        if cache_dir:
+            from .cache import PreprocessCache
+
+            self.cache = PreprocessCache(cache_dir, source)
         self.splits: dict[str, list[str]] = {}
         self._refs: dict[str, CaseRef] = {}
         self.train_set = self.val_set = None
@@ -190,11 +267,11 @@ class SegDataModule(pl.LightningDataModule):
                                           self._train_transform())
             if self.splits["val"]:
                 self.val_case_ids = list(self.splits["val"])
-                self.val_set = SliceDataset(self._slices(self.val_case_ids, False))
+                self.val_set = SliceDataset(self._slices(self.val_case_ids, False, "val"))
         if stage in (None, "test") and not self.test_volumes:
             if not self.splits["test"]:
                 raise DataError("data.split.test is empty; give it at least one case to evaluate")
-            self.test_volumes = [self._load(c) for c in self.splits["test"]]
+            self.test_volumes = [self._prepared(c) for c in self._progress(self.splits["test"], "test")]
 
     def _load(self, case_id: str) -> Volume:
         vol = self.source.load(self._refs[case_id])
@@ -202,12 +279,57 @@ class SegDataModule(pl.LightningDataModule):
             raise DataError(f"case {case_id} has no label file; training and testing need labels")
         return vol
 
-    def _slices(self, case_ids: list[str], foreground_only: bool) -> SliceSet:
+    # -- the one preprocessing path (cached when data.cache_dir is set) -------------------------------------
+    def _prepare(self, case_id: str) -> Volume:
+        """Load, resample to ``target_spacing``, intensities to [0, 1]."""
+        vol = resample_volume(self._load(case_id), self.target_spacing)
+        return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True)
+
+    def _cache_params(self, **extra) -> dict[str, Any]:
+        return {"window": self.window, "target_spacing": self.target_spacing, **extra}
+
+    def _prepared(self, case_id: str) -> Volume:
+        """A whole preprocessed case (test time), from the cache when possible."""
+        def build():
+            vol = self._prepare(case_id)
+            return ({"image": vol.image, "label": vol.label},
+                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist()})
+
+        if self.cache is None:
+            arrays, meta = build()
+        else:
+            arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", self._cache_params(), build)
+        return Volume(case_id, arrays["image"], arrays["label"], tuple(meta["spacing"]), np.asarray(meta["affine"]),
+                      normalized=True)
+
+    def _case_slices(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A case's axial slices at the model size (image, label), from the cache when possible."""
+        def build():
+            vol = self._prepare(case_id)
+            return ({"image": resize_slices(vol.image, self.img_size, is_label=False),
+                     "label": resize_slices(vol.label, self.img_size, is_label=True)}, {"spacing": list(vol.spacing)})
+
+        if self.cache is None:
+            arrays, _ = build()
+        else:
+            params = self._cache_params(img_size=self.img_size)
+            arrays, _ = self.cache.get_or_build(self._refs[case_id], "slices", params, build)
+        return arrays["image"], arrays["label"]
+
+    def _progress(self, case_ids: list[str], part: str):
+        from tqdm.auto import tqdm
+
+        builds = self.cache.builds if self.cache is not None else 0
+        yield from tqdm(case_ids, desc=f"{self.name}: preparing {part} cases", unit="case", leave=False,
+                        disable=None)
+        if self.cache is not None and self.cache.builds > builds:
+            log.info("%s: preprocessed %d %s case(s) into %s", self.name, self.cache.builds - builds, part,
+                     self.cache.root)
+
+    def _slices(self, case_ids: list[str], foreground_only: bool, part: str = "train") -> SliceSet:
         images, labels, index = [], [], []
-        for i, case_id in enumerate(case_ids):
-            vol = self._load(case_id)
-            img = resize_slices(window_hu(vol.image, self.window), self.img_size, is_label=False)
-            lab = resize_slices(vol.label, self.img_size, is_label=True)
+        for i, case_id in enumerate(self._progress(case_ids, part)):
+            img, lab = self._case_slices(case_id)
             if foreground_only:
                 keep = lab.reshape(len(lab), -1).max(1) > 0
                 img, lab = img[keep], lab[keep]

@@ -27,13 +27,18 @@ class CaseRef:
 
 @dataclass
 class Volume:
-    """One loaded case: HU image, integer label map, spacing and affine."""
+    """One loaded case: HU image, integer label map, spacing and affine.
+
+    ``normalized=True`` marks an image that is already in [0, 1] (TransUNet's windowed npz/h5 files,
+    per-case normalised MR, the preprocessing cache), so the data module skips the HU window.
+    """
 
     case_id: str
-    image: np.ndarray                  # float32 HU, (Z, Y, X)
+    image: np.ndarray                  # float32 HU, (Z, Y, X); [0, 1] when normalized
     label: np.ndarray | None           # uint8 class ids, (Z, Y, X)
     spacing: tuple[float, float, float]  # (sz, sy, sx) mm
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    normalized: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
