@@ -512,13 +512,14 @@ def test_probe_runs_every_registered_loss(tmp_path, capsys):
     from segbench.losses import available_losses
     from segbench.report.probe import ProbeSettings, run_probe
 
-    curves, summary = run_probe(["all"], ProbeSettings(size=40, large_radius=12, small_radius=3,
-                                                       reference_radius=3, steps=2))
+    # the smallest useful scene (error fractions 0 and 1 only): this test grows with the registry
+    curves, summary = run_probe(["all"], ProbeSettings(size=32, large_radius=9, small_radius=2,
+                                                       reference_radius=2, steps=1))
     assert list(summary["loss"]) == available_losses()
-    # every loss either ran (4 curves x 3 fractions) or says why not
+    # every loss either ran (4 curves x 2 fractions) or says why not
     for _, row in summary.iterrows():
         n = int((curves["loss"] == row["loss"]).sum())
-        assert (row["status"] in ("ok", "non-finite values") and n == 12) or \
+        assert (row["status"] in ("ok", "non-finite values") and n == 8) or \
             (row["status"].startswith(("build failed", "forward failed")) and n == 0), row.to_dict()
     assert {row["loss"] for _, row in summary.iterrows() if row["status"] == "ok"} >= {"ce", "dice", "ce_dice"}
 
