@@ -4,10 +4,35 @@ The same pair of masks can score HD95 = 0 in one library and 27.5 mm in another
 (see ``/work/shared/METRICS.md``). The choices that make the difference are the
 fields of :class:`Convention`; each named convention fixes all of them.
 
-All conventions share the surface definition of medpy and MONAI: the surface of a
-mask is ``mask XOR erosion(mask)`` with the 6-connected (2D: 4-connected) cross,
-and the image edge counts as background, so a mask that touches the image edge has
-surface voxels on it. Distances are exact Euclidean distances between voxel centres.
+Shared by all conventions (= medpy and MONAI):
+
+* **Surface** of a mask = ``mask XOR erosion(mask)`` with the cross structuring
+  element (6-connected in 3D, 4-connected in 2D). The image edge counts as
+  background (``border_value=0``): a mask that touches the image edge has surface
+  voxels on it. segbench crops each label to the union bounding box of its two masks
+  and treats everything outside the crop as background, which is what the full
+  volume holds there, so the result does not depend on how much empty space surrounds
+  the masks (tested by embedding the pair in a larger volume).
+* **Distances**: exact Euclidean distances between voxel centres, from each surface
+  voxel to the nearest surface voxel of the other mask; d(P->G) and d(G->P).
+* **Percentile**: numpy's default "linear" interpolation (virtual index
+  (n - 1) * q / 100), which is also what MONAI's ``torch.quantile`` computes.
+  METRICS.md's 2D square case (spacing (2, .5)): medpy 2.0 vs MONAI 2.003. The
+  difference is pooling, not the interpolation: d(P->G) has 40 values and its
+  P95 index 37.05 falls between 2.0 and sqrt(2^2 + .5^2) = 2.0616, giving 2.0031 (the
+  per-direction max, MONAI and segbench ``default``), while medpy takes one P95 of the
+  76 pooled values, index 71.25, between two 2.0s. ``torch.quantile`` and
+  ``np.percentile`` agree on the same array (tests/test_metrics.py).
+* **NSD** (normalised surface distance / surface Dice at tolerance tau) is
+  surface-VOXEL based: (#{d(P->G) <= tau} + #{d(G->P) <= tau}) / (n_P + n_G). DeepMind's
+  surface-distance package instead weights surfels on the half-voxel grid by their
+  area: two estimators of the same quantity, not interchangeable number for number.
+* **ASSD** is the mean of both directions pooled: (sum d(P->G) + sum d(G->P)) /
+  (n_P + n_G), as medpy.assd and MONAI's ``compute_average_surface_distance(symmetric=True)``
+  (both concatenate the two directions before the mean).
+
+Empty masks (the rules differ per convention, see :class:`Convention`): "empty"
+means no voxel of the label in the map.
 """
 
 from __future__ import annotations
