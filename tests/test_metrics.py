@@ -278,7 +278,9 @@ def test_status_and_absent_labels():
     p = box((20, 20), (2, 2), (4, 4), label=3) + box((20, 20), (10, 10), (3, 3), label=5)
     out = evaluate_case(p, g, None, [3, 5, 7, 0], with_status=True)
     assert out[3]["status"] == "ok" and out[3]["dsc"] == 1.0 and out[3]["hd95"] == 0.0
-    assert out[5]["status"] == "gt_empty"
+    assert out[5]["status"] == "gt_empty" and (out[5]["pred_voxels"], out[5]["gt_voxels"]) == (9, 0)
+    assert (out[3]["pred_voxels"], out[3]["gt_voxels"]) == (16, 16)
+    assert out[0]["pred_voxels"] == 400 - 16 - 9 and out[0]["gt_voxels"] == 400 - 16
     assert out[7]["status"] == "both_empty" and math.isnan(out[7]["dsc"])
     assert out[0]["status"] == "ok"  # background is a label like any other
     assert out[0]["dsc"] == pytest.approx(medpy_binary.dc(p == 0, g == 0))

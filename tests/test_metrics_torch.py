@@ -82,12 +82,15 @@ def test_public_api_backend_torch(device):
     pred[pred == 3] = 0  # one organ missed entirely -> the one-empty rule
     spacing = (2.5, 0.9, 0.9)
     for conv in CONVENTIONS:
-        a = evaluate_case(pred, gt, spacing, range(0, 6), convention=conv, backend="numpy")
+        a = evaluate_case(pred, gt, spacing, range(0, 6), convention=conv, backend="numpy", with_status=True)
         b = evaluate_case(
             torch.from_numpy(pred).to(device), torch.from_numpy(gt).to(device), spacing, range(0, 6), convention=conv,
-            backend="torch",
+            backend="torch", with_status=True,
         )
         for lab in a:
+            assert [b[lab][k] for k in ("status", "pred_voxels", "gt_voxels")] == [
+                a[lab][k] for k in ("status", "pred_voxels", "gt_voxels")
+            ]
             for k in METRIC_NAMES:
                 assert b[lab][k] == pytest.approx(a[lab][k], abs=1e-6, nan_ok=True)
     assert math.isnan(b[5]["dsc"])  # label 5 absent from both

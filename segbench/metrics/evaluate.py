@@ -39,11 +39,13 @@ def evaluate_case(
         backend: ``"auto"`` (torch on the tensor's device when pred is a CUDA tensor,
             numpy/scipy otherwise), ``"numpy"`` or ``"torch"`` (also on CPU tensors; used
             by the tests to check the GPU code path against scipy).
-        with_status: also return ``"status"`` per label (see :func:`case_status`).
+        with_status: also return per label ``"status"`` (see :func:`case_status`) and the
+            voxel counts ``"pred_voxels"`` and ``"gt_voxels"`` (ints; counted on the crops,
+            so no extra pass over the volume).
 
     Returns:
         ``{label: {"dsc", "hd", "hd95", "assd", "nsd"}}`` as Python floats (NaN where the
-        convention excludes the value).
+        convention excludes the value), plus the ``with_status`` keys when asked.
     """
     conv = get_convention(convention)
     labels = _check_labels(labels)
@@ -77,7 +79,7 @@ def evaluate_case(
         s = stats[lab]
         out[lab] = _apply_convention(s, conv, diagonal)
         if with_status:
-            out[lab]["status"] = case_status(s.n_pred > 0, s.n_gt > 0)
+            out[lab].update(status=case_status(s.n_pred > 0, s.n_gt > 0), pred_voxels=s.n_pred, gt_voxels=s.n_gt)
     return out
 
 
