@@ -1,8 +1,10 @@
 """Data: sources (where cases are), the phantom, and the Lightning data module."""
 
 from .datamodule import SegDataModule, resize_slices, window_hu
+from .datasets import AbdomenCT1KSource, ChaosSource, NnUNetSource, SynapseSource
 from .sources import NiftiFolderSource, PhantomSource
 from .volume import CaseRef, Volume, load_nifti_case, save_nifti_label
 
-__all__ = ["SegDataModule", "NiftiFolderSource", "PhantomSource", "CaseRef", "Volume", "load_nifti_case",
-           "save_nifti_label", "resize_slices", "window_hu"]
+__all__ = ["SegDataModule", "NiftiFolderSource", "PhantomSource", "SynapseSource", "ChaosSource",
+           "AbdomenCT1KSource", "NnUNetSource", "CaseRef", "Volume", "load_nifti_case", "save_nifti_label",
+           "resize_slices", "window_hu"]
