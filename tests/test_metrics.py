@@ -341,12 +341,15 @@ def test_local_search_offsets_are_complete_and_sorted(spacing):
     assert 100 < len(offsets) <= _numpy_backend._LOCAL_MAX_OFFSETS
 
 
-def test_local_search_with_far_points_equals_edt():
+@pytest.mark.parametrize("chunk", [1 << 21, 50])
+def test_local_search_with_far_points_equals_edt(chunk, monkeypatch):
     # Far blob: its surface voxels are beyond the offset list and go to the k-d tree.
     g = box((60,) * 3, (10, 10, 10), (20, 20, 20)).astype(bool)
     p = g | box((60,) * 3, (42, 42, 42), (7, 7, 7)).astype(bool)
     p[12:14, 12:30, 5:10] = True  # a near protrusion, resolved by the offset search
     from segbench.metrics import _numpy_backend
+
+    monkeypatch.setattr(_numpy_backend, "_LOCAL_CHUNK", chunk)  # 50: many small gathers
 
     for spacing in ((1.0, 1.0, 1.0), (3.0, 0.8, 0.8)):
         local = _numpy_backend.surface_distances(p, g, np.asarray(spacing), "local")
@@ -415,6 +418,9 @@ def test_multilabel_matches_per_label_binary():
         (dict(gt=np.full((5, 6, 7), 1.2, np.float32)), r"^gt: float label map"),
         (dict(nsd_tolerance_mm=-1), r"^nsd_tolerance_mm:"),
         (dict(labels=[1.5]), r"^labels:"),
+        (dict(labels=["liver"]), r"^labels:"),
+        (dict(labels=[1, 1]), r"^labels: duplicate"),
+        (dict(pred=np.zeros((5, 6, 7), complex)), r"^pred: expected an integer label map"),
         (dict(pred=np.zeros(7, np.uint8), gt=np.zeros(7, np.uint8), spacing=None), r"^pred: expected a 2D or 3D"),
     ],
 )

@@ -112,6 +112,7 @@ _EDT_NS_PER_VOXEL = 2 * 250
 _LOCAL_NS_PER_QUERY = 300
 _LOCAL_MAX_OFFSETS = 384
 _LOCAL_BLOCKS = (1, 7, 24, 64, 128, 160)  # offsets per gather block (sum >= _LOCAL_MAX_OFFSETS)
+_LOCAL_CHUNK = 1 << 21  # (points x offsets) gathered at once: 16 MiB of int64 indices
 DISTANCE_METHODS = ("auto", "edt", "kdtree", "local")
 
 
@@ -203,11 +204,16 @@ def _local_distances(
     for size in _LOCAL_BLOCKS:
         block = slice(start, min(start + size, len(offsets)))
         start = block.stop
-        hits = flat[base[remaining, None] + flat_offsets[None, block]]  # (remaining, block)
-        found = hits.any(axis=1)
-        # offsets are sorted by length: the first hit is the nearest voxel
-        out[remaining[found]] = lengths[block][hits[found].argmax(axis=1)]
-        remaining = remaining[~found]
+        step = max(1, _LOCAL_CHUNK // (block.stop - block.start))  # bounds the (points, offsets) temporaries
+        unresolved = []
+        for i in range(0, remaining.size, step):
+            idx = remaining[i : i + step]
+            hits = flat[base[idx, None] + flat_offsets[None, block]]  # (points, offsets in block)
+            found = hits.any(axis=1)
+            # offsets are sorted by length: the first hit is the nearest voxel
+            out[idx[found]] = lengths[block][hits[found].argmax(axis=1)]
+            unresolved.append(idx[~found])
+        remaining = np.concatenate(unresolved)
         if remaining.size == 0 or start >= len(offsets):
             break
     if remaining.size:

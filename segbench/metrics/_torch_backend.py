@@ -38,6 +38,8 @@ def as_label_tensor(x: Any, name: str) -> torch.Tensor:
         if arr.dtype.kind not in "biuf":
             raise ValueError(f"{name}: expected an integer label map, got dtype {arr.dtype}")
         x = torch.from_numpy(np.ascontiguousarray(arr))
+    if x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        return x.to(torch.int64)  # few kernels exist for these
     if x.dtype == torch.bool or not (x.is_floating_point() or x.is_complex()):
         return x
     if x.is_complex():

@@ -166,12 +166,19 @@ def _check_labels(labels: Any) -> list[int]:
         raise ValueError(f"labels: expected an iterable of integer label ids, got {labels!r}") from None
     out = []
     for lab in raw:
-        if isinstance(lab, (bool, np.bool_)) or not float(lab).is_integer():
+        if isinstance(lab, (bool, np.bool_, str, bytes)) or not _is_integral(lab):
             raise ValueError(f"labels: expected integer label ids, got {lab!r}")
         out.append(int(lab))
     if len(set(out)) != len(out):
         raise ValueError(f"labels: duplicate label ids in {raw!r}")
     return out
+
+
+def _is_integral(x: Any) -> bool:
+    try:
+        return float(x).is_integer()
+    except (TypeError, ValueError, OverflowError):
+        return False
 
 
 def _check_backend(backend: str) -> str:
