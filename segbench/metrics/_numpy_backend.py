@@ -213,9 +213,11 @@ def _local_distances(
             # offsets are sorted by length: the first hit is the nearest voxel
             out[idx[found]] = lengths[block][hits[found].argmax(axis=1)]
             unresolved.append(idx[~found])
-        remaining = np.concatenate(unresolved)
+        before, remaining = remaining.size, np.concatenate(unresolved)
         if remaining.size == 0 or start >= len(offsets):
             break
+        if start >= 32 and remaining.size > 0.9 * before:
+            break  # mostly far points (a misplaced organ): the k-d tree is cheaper for them
     if remaining.size:
         out[remaining] = _kdtree_distances(src[remaining], dst, sampling)
     return out
