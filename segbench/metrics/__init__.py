@@ -1,10 +1,17 @@
 """Segmentation metrics under named, documented conventions.
 
->>> from segbench.metrics import evaluate_case, describe
->>> scores = evaluate_case(pred, gt, spacing=(2.5, 0.8, 0.8), labels=range(1, 9))
->>> scores[1]["hd95"], describe("default")
+Usage::
 
-See :mod:`segbench.metrics.conventions` and ``/work/shared/METRICS.md``.
+    from segbench.metrics import evaluate_case, describe, hd_unit
+    scores = evaluate_case(pred, gt, spacing=(2.5, 0.8, 0.8), labels=range(1, 9))
+    scores[5]["hd95"]                    # liver HD95 in hd_unit("default") == "mm"
+    describe("default")                  # one line, written next to every number
+
+``pred``/``gt`` may be numpy arrays or torch tensors; CUDA tensors are evaluated on
+the GPU. The definitions (surface, distances, percentile, NSD, empty masks) are in
+:mod:`segbench.metrics.conventions`; the CPU algorithm in
+:mod:`segbench.metrics._numpy_backend`, the device one in
+:mod:`segbench.metrics._torch_backend`.
 """
 
 from segbench.metrics.conventions import (

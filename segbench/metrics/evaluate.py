@@ -36,8 +36,8 @@ def evaluate_case(
         convention: one of :data:`~segbench.metrics.CONVENTIONS` (see :func:`describe`).
         nsd_tolerance_mm: NSD tolerance tau: a surface voxel counts as matched when the
             other mask's surface is within tau mm (distance <= tau).
-        backend: ``"auto"`` (torch on the tensor's device when pred is a CUDA tensor,
-            numpy/scipy otherwise), ``"numpy"`` or ``"torch"`` (also on CPU tensors; used
+        backend: ``"auto"`` (torch on the GPU when pred or gt is a CUDA tensor, the other
+            map is moved there; numpy/scipy otherwise), ``"numpy"`` or ``"torch"`` (also on CPU tensors; used
             by the tests to check the GPU code path against scipy).
         with_status: also return per label ``"status"`` (see :func:`case_status`) and the
             voxel counts ``"pred_voxels"`` and ``"gt_voxels"`` (ints; counted on the crops,
@@ -57,15 +57,15 @@ def evaluate_case(
     sampling = spacing_arr if conv.use_spacing else np.ones(len(shape))
     tolerance = tol if conv.nsd else None
 
-    use_torch = backend == "torch" or (
-        backend == "auto" and pred_is_torch and gt_is_torch and pred.device.type == "cuda"
-    )
+    on_cuda = [x.device for x, is_t in ((pred, pred_is_torch), (gt, gt_is_torch)) if is_t and x.device.type == "cuda"]
+    use_torch = backend == "torch" or (backend == "auto" and bool(on_cuda))
     if use_torch:
         from segbench.metrics import _torch_backend
 
         p, g = _torch_backend.as_label_tensor(pred, "pred"), _torch_backend.as_label_tensor(gt, "gt")
-        if p.device != g.device:
-            raise ValueError(f"gt: on device {g.device}, pred on {p.device}; put both on the same device")
+        if p.device != g.device:  # one map on the GPU (e.g. the model's output): bring the other there
+            device = on_cuda[0] if on_cuda else p.device
+            p, g = p.to(device), g.to(device)
         stats = _torch_backend.evaluate_labels(p, g, labels, sampling, conv.pooled_percentile, tolerance)
     else:
         from segbench.metrics import _numpy_backend
