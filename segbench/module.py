@@ -5,7 +5,9 @@ weights, as ``loss/<key>``); validation logs ``val/dice`` and ``val/dice/<organ>
 (3D Dice per validation case at model resolution, averaged over cases) and a few
 image / label / prediction overlays; testing predicts whole cases slice by slice,
 resizes the class probabilities back to the native grid and scores them with
-:class:`segbench.evaluation.CaseEvaluator`.
+:class:`segbench.evaluation.CaseEvaluator`. 3D networks (``data.spatial_dims=3``) train on
+patches and see whole cases (validation, test) through sliding-window inference
+(:mod:`segbench.inference`, the ``inference`` config block).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch import nn
 from .data.volume import save_nifti_label
 from .errors import ConfigError
 from .evaluation import CaseEvaluator
+from .inference import argmax_at, check_inference, sliding_window_logits
 from .losses import build_loss
 
 #: Overlay colours per class id (background transparent).
@@ -47,11 +50,13 @@ class SegModule(pl.LightningModule):
         metrics: ``{"convention": "default", "nsd_tolerance_mm": 2.0}`` for the test evaluation.
         test: ``{"slice_batch": 32}``: how many slices are predicted at once.
         num_overlays: image / label / prediction overlays logged per validation epoch.
+        inference: sliding-window options for whole 3D cases (``roi_size``, ``overlap``, ``mode``, ...).
     """
 
     def __init__(self, net: nn.Module, loss: dict[str, Any], optimizer: Callable, scheduler: dict[str, Any],
                  class_names: Sequence[str], metrics: dict[str, Any] | None = None,
-                 test: dict[str, Any] | None = None, num_overlays: int = 4, channels_last: bool = False):
+                 test: dict[str, Any] | None = None, num_overlays: int = 4, channels_last: bool = False,
+                 inference: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net
@@ -73,6 +78,7 @@ class SegModule(pl.LightningModule):
         self.slice_batch = int((test or {}).get("slice_batch", 32))
         self.num_overlays = num_overlays
         self.channels_last = channels_last
+        self.inference = check_inference(inference)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._val_stats: torch.Tensor | None = None
@@ -81,6 +87,14 @@ class SegModule(pl.LightningModule):
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of slices / patches, or of whole 3D cases larger than the window (sliding window)."""
+        roi = self.inference["roi_size"]
+        if x.dim() == 5 and roi is not None and tuple(x.shape[2:]) != tuple(roi):
+            cfg = {k: v for k, v in self.inference.items() if k != "roi_size"}
+            return sliding_window_logits(self, x, roi, **cfg)
+        return self(x)
 
     # -- training --------------------------------------------------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -111,15 +125,16 @@ class SegModule(pl.LightningModule):
         self._val_stats = torch.zeros(n_cases, len(self.class_names), 3, dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        logits = self(batch["image"])
+        logits = self.infer(batch["image"])
         self.log("val/loss", self.loss_fn(logits, batch["label"]), on_epoch=True, batch_size=len(logits),
                  sync_dist=True)
         pred = logits.argmax(1)
         target = batch["label"]
-        classes = torch.arange(len(self.class_names), device=pred.device)
-        pred_1h = (pred[:, None] == classes[None, :, None, None])
-        true_1h = (target[:, None] == classes[None, :, None, None])
-        stats = torch.stack([(pred_1h & true_1h).sum((2, 3)), pred_1h.sum((2, 3)), true_1h.sum((2, 3))], -1)
+        classes = torch.arange(len(self.class_names), device=pred.device).view(1, -1, *[1] * (pred.dim() - 1))
+        pred_1h = (pred[:, None] == classes)
+        true_1h = (target[:, None] == classes)
+        spatial = tuple(range(2, pred_1h.dim()))  # 2D slices or 3D patches / cases
+        stats = torch.stack([(pred_1h & true_1h).sum(spatial), pred_1h.sum(spatial), true_1h.sum(spatial)], -1)
         self._val_stats.index_add_(0, batch["case_index"].to(self.device), stats.double())
 
     def on_validation_epoch_end(self) -> None:
@@ -140,15 +155,22 @@ class SegModule(pl.LightningModule):
         if self.num_overlays <= 0 or dm is None or dm.val_set is None or logger is None \
                 or not hasattr(logger.experiment, "add_image") or self.trainer.sanity_checking:
             return
-        labels = dm.val_set.slices.labels
-        # the slices with the most organ classes visible, fixed across epochs
-        richness = torch.tensor([len(torch.unique(l)) for l in labels])
-        idx = torch.argsort(richness, descending=True, stable=True)[: self.num_overlays]
-        images = dm.val_set.slices.images[idx].to(self.device)
+        if hasattr(dm, "overlay_samples"):  # 3D: fixed patches, shown by their middle axial slice
+            images, labels = dm.overlay_samples(self.num_overlays)
+        else:
+            labels = dm.val_set.slices.labels
+            # the slices with the most organ classes visible, fixed across epochs
+            richness = torch.tensor([len(torch.unique(l)) for l in labels])
+            idx = torch.argsort(richness, descending=True, stable=True)[: self.num_overlays]
+            images, labels = dm.val_set.slices.images[idx], labels[idx]
+        images = images.to(self.device)
         with torch.no_grad():
-            preds = self(images).argmax(1).cpu().numpy()
-        panels = [overlay_panel(img[0].cpu().numpy(), lab.numpy(), pred)
-                  for img, lab, pred in zip(images, labels[idx], preds)]
+            preds = self(images).argmax(1).cpu()
+        if preds.dim() == 4:
+            mid = preds.shape[1] // 2
+            images, labels, preds = images[:, :, mid], labels[:, mid], preds[:, mid]
+        panels = [overlay_panel(img[0].cpu().numpy(), lab.numpy(), pred.numpy())
+                  for img, lab, pred in zip(images, labels, preds)]
         logger.experiment.add_image("val/overlay", np.concatenate(panels, 0), self.current_epoch,
                                     dataformats="HWC")
 
@@ -163,6 +185,10 @@ class SegModule(pl.LightningModule):
             out.append(probs.argmax(1).to(torch.uint8).cpu())
         return torch.cat(out).numpy()
 
+    def predict_case_3d(self, image: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+        """Predict a whole ``(1, 1, Z, Y, X)`` case by sliding window; class map at ``shape`` (Z, Y, X)."""
+        return argmax_at(self.infer(image.to(self.device)), shape).cpu().numpy()
+
     #: where ``test_step`` writes NIfTI predictions (with the input's affine); None = don't
     prediction_dir = None
 
@@ -170,7 +196,10 @@ class SegModule(pl.LightningModule):
         self.evaluator.rows.clear()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
+        if batch["image"].dim() == 5:  # a whole 3D case
+            pred = self.predict_case_3d(batch["image"], batch["native_shape"])
+        else:
+            pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
         self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"])
         if self.prediction_dir is not None:
             save_nifti_label(self.prediction_dir / f"{batch['case_id']}.nii.gz", pred, batch["affine"])

@@ -4,6 +4,7 @@
     segbench-train loss=afw_dice loss.gamma=0.5 trainer.max_epochs=50
     segbench-train -m loss=ce_dice,dice seed=1,2     # a sweep (Hydra multirun)
     segbench-train debug=smoke                       # a < 1 minute dry run
+    segbench-train data=phantom3d model=unet3d       # 3D: patches, sliding-window test
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ def build(cfg: DictConfig):
     from .module import SegModule
 
     net = instantiate(cfg.model)
+    if cfg.get("compile", False):
+        net.compile()  # torch.compile of forward, in place: state-dict keys stay those of the plain network
     module = SegModule(net=net, loss=OmegaConf.to_container(cfg.loss, resolve=True),
                        optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
                        class_names=list(cfg.data.class_names),
                        metrics=OmegaConf.to_container(cfg.metrics), test=OmegaConf.to_container(cfg.test),
-                       channels_last=bool(cfg.get("channels_last", False)))
+                       channels_last=bool(cfg.get("channels_last", False)),
+                       inference=OmegaConf.to_container(cfg.inference, resolve=True) if "inference" in cfg else None)
     datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
     return datamodule, module
 

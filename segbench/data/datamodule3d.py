@@ -1,0 +1,315 @@
+"""LightningDataModule for 3D training: random patches in, whole cases out.
+
+    segbench-train data=phantom3d model=unet3d
+    segbench-train data=phantom3d model=unetr data.patch_size=[96,96,96] trainer=gpu
+
+Each case goes through the same preprocessing as the 2D path (:class:`.datamodule.SegDataModule`):
+load from the source -> optional resampling to ``target_spacing`` -> HU window to [0, 1]
+(skipped for sources that deliver normalised images) -> optional on-disk cache (``cache_dir``).
+Then:
+
+* training: an epoch draws ``samples_per_volume`` patches of ``patch_size`` from every training
+  case (padded first to at least the patch size). Each patch is centred on a foreground voxel
+  with probability ``foreground_prob`` and on a background voxel otherwise (MONAI
+  ``RandCropByPosNegLabeld``), then flipped along each axis with ``augment.flip_prob`` and
+  rotated in the axial plane by up to ``augment.rotate_range_deg`` with ``augment.rotate_prob``;
+* validation: ``validation: sliding_window`` scores whole cases (the LightningModule runs
+  sliding-window inference on them) or ``validation: patches`` scores a fixed set of
+  ``val_samples_per_volume`` patches per case (faster, noisier);
+* testing: whole cases at model resolution, predicted by sliding window
+  (:func:`segbench.inference.sliding_window_logits`) and scored on the preprocessed grid with the
+  case's spacing, like the 2D path (the native grid unless ``target_spacing`` is set).
+
+Arrays are ``(Z, Y, X)`` and so are ``patch_size`` and ``target_spacing``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..errors import ConfigError, DataError
+from .datamodule import resolve_split, unit_image
+from .preprocess import check_target_spacing, resample_volume
+from .volume import CaseRef, Volume
+
+
+def _plain(x) -> torch.Tensor:
+    """MONAI returns MetaTensors; the network gets plain tensors (no per-op metadata overhead)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def crop_transform(patch_size: Sequence[int], foreground_prob: float):
+    """Pad to at least ``patch_size``, then one patch centred on foreground with ``foreground_prob``."""
+    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+
+    return Compose([
+        SpatialPadd(["image", "label"], spatial_size=patch_size, mode="constant"),
+        RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=patch_size,
+                               pos=foreground_prob, neg=1.0 - foreground_prob, num_samples=1),
+    ])
+
+
+class PatchDataset(Dataset):
+    """``samples_per_volume`` random patches per case; item ``i`` comes from case ``i // samples_per_volume``."""
+
+    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], samples_per_volume: int,
+                 crop, augment=None):
+        self.images, self.labels = images, labels   # (1, Z, Y, X) float32 / uint8
+        self.samples_per_volume = samples_per_volume
+        self.crop = crop
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.images) * self.samples_per_volume
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        case = i // self.samples_per_volume
+        sample = self.crop({"image": self.images[case], "label": self.labels[case]})[0]
+        sample = {"image": sample["image"], "label": sample["label"].float()}
+        if self.augment is not None:
+            sample = self.augment(sample)
+        return {"image": _plain(sample["image"]).float(), "label": _plain(sample["label"])[0].round().long(),
+                "case_index": case}
+
+
+class FixedPatches(Dataset):
+    """Patches drawn once with a fixed seed (validation ``patches`` mode, overlays)."""
+
+    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], per_case: int,
+                 patch_size: Sequence[int], foreground_prob: float, seed: int = 0):
+        crop = crop_transform(patch_size, foreground_prob)
+        crop.set_random_state(seed=seed)
+        out_img, out_lab, index = [], [], []
+        for case, (image, label) in enumerate(zip(images, labels)):
+            for _ in range(per_case):
+                sample = crop({"image": image, "label": label})[0]
+                out_img.append(_plain(sample["image"]).float())
+                out_lab.append(_plain(sample["label"])[0].long())
+                index.append(case)
+        self.images = torch.stack(out_img)
+        self.labels = torch.stack(out_lab)
+        self.case_index = torch.tensor(index)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "label": self.labels[i], "case_index": self.case_index[i]}
+
+
+class WholeCases(Dataset):
+    """Whole validation cases at model resolution (sliding-window validation)."""
+
+    def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor]):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"image": self.images[i], "label": self.labels[i][0].long(), "case_index": i}
+
+
+class TestCases(Dataset):
+    """Whole test cases: ``image`` ``(1, 1, Z, Y, X)`` for sliding-window prediction + label, spacing, affine."""
+
+    def __init__(self, volumes: list[Volume]):
+        self.volumes = volumes
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        vol = self.volumes[i]
+        return {"case_id": vol.case_id, "image": torch.from_numpy(vol.image)[None, None],
+                "label": torch.from_numpy(vol.label), "spacing": vol.spacing, "affine": vol.affine,
+                "native_shape": vol.shape}
+
+
+def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    return batch[0]
+
+
+class PatchDataModule(pl.LightningDataModule):
+    """3D patch training on cases from any :mod:`segbench.data.sources` source.
+
+    Args:
+        source, class_names, split, window, batch_size, num_workers, name, cache_dir, target_spacing:
+            as :class:`~segbench.data.datamodule.SegDataModule` (``batch_size`` counts patches).
+        patch_size: ``[Z, Y, X]`` voxels of a training patch (also the sliding-window size).
+        samples_per_volume: patches drawn from each training case per epoch.
+        foreground_prob: probability that a patch is centred on a labelled voxel.
+        augment: ``{flip_prob, rotate_prob, rotate_range_deg}`` as in 2D (flips along all three
+            axes, rotation in the axial plane); probabilities 0 disable.
+        validation: ``sliding_window`` (whole cases) or ``patches``.
+        val_samples_per_volume: patches per validation case in ``patches`` mode.
+        spatial_dims: must be 3.
+        img_size: not used in 3D (the network sees ``patch_size``); accepted so that 2D overlays such
+            as ``debug=smoke`` compose with 3D data configs.
+        root, phantom: read by the source config through interpolation.
+    """
+
+    spatial_dims = 3
+
+    def __init__(self, source, class_names: Sequence[str], split: dict[str, Any],
+                 window: Sequence[float] = (-125, 275), patch_size: Sequence[int] = (96, 96, 96),
+                 samples_per_volume: int = 4, foreground_prob: float = 0.5, batch_size: int = 2,
+                 num_workers: int = 0, augment: dict[str, float] | None = None,
+                 validation: str = "sliding_window", val_samples_per_volume: int = 4,
+                 target_spacing: Sequence[float | None] | None = None, cache_dir: str | None = None,
+                 spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
+                 img_size: int | None = None, root: str | None = None, phantom: dict | None = None):
+        super().__init__()
+        if int(spatial_dims) != 3:
+            raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
+                              "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
+        self.source = source
+        self.class_names = list(class_names)
+        if num_classes is not None and int(num_classes) != len(self.class_names):
+            raise ConfigError(f"data.num_classes={num_classes} but data.class_names has "
+                              f"{len(self.class_names)} names; make them agree")
+        if len(window) != 2 or not float(window[0]) < float(window[1]):
+            raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
+        self.patch_size = [int(p) for p in patch_size]
+        if len(self.patch_size) != 3 or min(self.patch_size) < 1:
+            raise ConfigError(f"data.patch_size must be [Z, Y, X] voxels, got {list(patch_size)}")
+        if not 0.0 <= float(foreground_prob) <= 1.0:
+            raise ConfigError(f"data.foreground_prob must be in [0, 1], got {foreground_prob}")
+        if validation not in ("sliding_window", "patches"):
+            raise ConfigError(f"data.validation={validation!r} is unknown; choose sliding_window or patches")
+        for key, value in (("samples_per_volume", samples_per_volume), ("batch_size", batch_size),
+                           ("val_samples_per_volume", val_samples_per_volume)):
+            if int(value) < 1:
+                raise ConfigError(f"data.{key} must be >= 1, got {value}")
+        self.split_spec = dict(split)
+        self.window = [float(window[0]), float(window[1])]
+        self.samples_per_volume = int(samples_per_volume)
+        self.foreground_prob = float(foreground_prob)
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.augment = dict(augment or {})
+        self.validation = validation
+        self.val_samples_per_volume = int(val_samples_per_volume)
+        self.target_spacing = check_target_spacing(target_spacing)
+        self.name = name
+        self.cache = None
+        if cache_dir:
+            from .cache import PreprocessCache
+
+            self.cache = PreprocessCache(cache_dir, source)
+        self.splits: dict[str, list[str]] = {}
+        self._refs: dict[str, CaseRef] = {}
+        self.train_set = self.val_set = None
+        self.val_case_ids: list[str] = []
+        self.test_volumes: list[Volume] = []
+        self._overlays: FixedPatches | None = None
+        self._val_arrays: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    # -- setup -----------------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            refs = self.source.cases()
+            self._refs = {r.case_id: r for r in refs}
+            self.splits = resolve_split([r.case_id for r in refs], self.split_spec)
+        if stage in (None, "fit") and self.train_set is None:
+            images, labels = self._tensors(self.splits["train"])
+            self.train_set = PatchDataset(images, labels, self.samples_per_volume,
+                                          crop_transform(self.patch_size, self.foreground_prob), self._augment())
+            if self.splits["val"]:
+                self.val_case_ids = list(self.splits["val"])
+                self._val_arrays = self._tensors(self.val_case_ids)
+                if self.validation == "patches":
+                    self.val_set = FixedPatches(*self._val_arrays, self.val_samples_per_volume, self.patch_size,
+                                                self.foreground_prob)
+                else:
+                    self.val_set = WholeCases(*self._val_arrays)
+        if stage in (None, "test") and not self.test_volumes:
+            if not self.splits["test"]:
+                raise DataError("data.split.test is empty; give it at least one case to evaluate")
+            self.test_volumes = [self._prepared(c) for c in self.splits["test"]]
+
+    def _prepared(self, case_id: str) -> Volume:
+        """Load, resample to ``target_spacing``, intensities to [0, 1] (cached when ``cache_dir`` is set)."""
+        def build():
+            vol = self.source.load(self._refs[case_id])
+            if vol.label is None:
+                raise DataError(f"case {case_id} has no label file; training and testing need labels")
+            vol = resample_volume(vol, self.target_spacing)
+            return ({"image": unit_image(vol, self.window), "label": vol.label},
+                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist()})
+
+        if self.cache is None:
+            arrays, meta = build()
+        else:
+            params = {"window": self.window, "target_spacing": self.target_spacing}
+            arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", params, build)
+        return Volume(case_id, np.ascontiguousarray(arrays["image"], np.float32),
+                      np.ascontiguousarray(arrays["label"], np.uint8), tuple(meta["spacing"]),
+                      np.asarray(meta["affine"]), normalized=True)
+
+    def _tensors(self, case_ids: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        images, labels = [], []
+        for case_id in case_ids:
+            vol = self._prepared(case_id)
+            images.append(torch.from_numpy(vol.image)[None])
+            labels.append(torch.from_numpy(vol.label)[None])
+        return images, labels
+
+    def _augment(self):
+        from monai.transforms import Compose, RandFlipd, RandRotated
+
+        flip = float(self.augment.get("flip_prob", 0.0))
+        rot = float(self.augment.get("rotate_prob", 0.0))
+        deg = float(self.augment.get("rotate_range_deg", 0.0))
+        for key, value in (("flip_prob", flip), ("rotate_prob", rot)):
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"data.augment.{key} must be in [0, 1], got {value}")
+        steps = []
+        if flip > 0:
+            steps += [RandFlipd(["image", "label"], prob=flip, spatial_axis=axis) for axis in range(3)]
+        if rot > 0 and deg > 0:
+            # range_x rotates about the first spatial axis (Z): in the axial (Y, X) plane
+            steps.append(RandRotated(["image", "label"], range_x=math.radians(deg), prob=rot,
+                                     mode=("bilinear", "nearest"), padding_mode="zeros"))
+        return Compose(steps) if steps else None
+
+    def overlay_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` fixed, foreground-centred validation patches ``(n, 1, *patch)``, ``(n, *patch)`` for overlays."""
+        if self._overlays is None:
+            per_case = max(1, math.ceil(n / max(len(self.val_case_ids), 1)))
+            self._overlays = FixedPatches(*self._val_arrays, per_case, self.patch_size, 1.0, seed=1)
+        return self._overlays.images[:n], self._overlays.labels[:n]
+
+    # -- loaders ---------------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        from monai.data import DataLoader as MonaiDataLoader  # re-seeds the random crops in every worker
+
+        return MonaiDataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
+                               drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
+                               persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self):
+        if self.val_set is None:
+            return []
+        batch = 1 if self.validation == "sliding_window" else self.batch_size
+        return DataLoader(self.val_set, batch_size=batch, shuffle=False, num_workers=0)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(TestCases(self.test_volumes), batch_size=1, collate_fn=_first, num_workers=0)
+
+    def write_splits(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.splits, indent=2))
+        tmp.replace(path)
