@@ -341,10 +341,16 @@ def _min_erosion(x: torch.Tensor, nd: int) -> torch.Tensor:
 def _soft_erosion(x: torch.Tensor, nd: int) -> torch.Tensor:
     """Convolution with the cross normalised to sum 1 (zero outside), soft thresholding
     ``max(x - 0.5, 0)``, then rescaling of each map to [0, 1] by its min and max
-    (skipped for a constant map) - the differentiable erosion of the reference code."""
+    (skipped for a constant map) - the differentiable erosion of the reference code.
+
+    The convolution is a sum of shifted views: a 1-channel ``conv2d`` / ``conv3d``
+    backward is ~5x slower on CPUs.
+    """
     views = _cross_neighbours(x, nd, 0.0)
-    mean = torch.stack(views).mean(0)
-    y = (mean - 0.5).clamp_min(0)
+    total = views[0]
+    for v in views[1:]:
+        total = total + v
+    y = (total * (1.0 / len(views)) - 0.5).clamp_min(0)
     dims = tuple(range(1, y.dim()))
     hi, lo = y.amax(dims, keepdim=True), y.amin(dims, keepdim=True)
     spread = hi - lo
@@ -355,7 +361,7 @@ def _soft_erosion(x: torch.Tensor, nd: int) -> torch.Tensor:
 @register_loss("hausdorff_er")
 class HausdorffERLoss(_WithDice):
     """Erosion-based Hausdorff loss (Karimi & Salcudean 2019, "Reducing the Hausdorff
-    distance in medical image segmentation with convolutional neural networks", Eq. 11).
+    distance in medical image segmentation with convolutional neural networks", Sec. III).
 
     ``L_ER = 1 / (B C' N) sum_{b, c} sum_{k=1..K} k^alpha sum_i ((p - q)^2 (-)_k B)_i``, the
     squared error eroded ``k`` times by the cross ``B`` (4-neighbourhood in 2D,
@@ -456,7 +462,7 @@ def ball_means(x: torch.Tensor, radii) -> list[torch.Tensor]:
 @register_loss("hausdorff_cv")
 class HausdorffCVLoss(_WithDice):
     """Convolution-based Hausdorff loss (Karimi & Salcudean 2019, "Reducing the Hausdorff
-    distance in medical image segmentation with convolutional neural networks", Eq. 12).
+    distance in medical image segmentation with convolutional neural networks", Sec. III).
 
     With ``B_r`` the disc (2D) / ball (3D) of radius ``r`` normalised to sum 1, ``X^C = 1 - X``,
     ``f_s(x) = max(x - 0.5, 0)`` (soft thresholding), ``f_{q\\p} = (p - q)^2 q`` (false

@@ -199,18 +199,31 @@ def _squared_edt(mask: torch.Tensor, spacing, spatial_dims: int | None, dtype: t
             kind = "brute" if (x.device.type == "cuda" and n <= _BRUTE_MAX_LINE) else "envelope"
         if kind == "brute":
             budget = max(1, max_chunk_elements // n)  # lines x n x n elements per chunk
-            x = _along_axis(x, a + 1, budget, lambda lines, s=steps[a]: _brute_1d(lines, s * s))
+            x = _along_axis(x, a + 1, budget, lambda lines, s=steps[a]: _brute_1d(lines, s * s), True)
         else:  # ~10 float64/int64 arrays of lines x n: keep a chunk near max_chunk_elements * 8 bytes
             x = _along_axis(x, a + 1, max(n, max_chunk_elements // 8),
-                            lambda lines, s=steps[a]: _envelope_1d(lines, s * s).to(dtype))
+                            lambda lines, s=steps[a]: _envelope_1d(lines, s * s).to(dtype), True)
     return x.reshape(shape)
 
 
-def _along_axis(x: torch.Tensor, axis: int, chunk_elements: int, fn) -> torch.Tensor:
-    """Apply ``fn`` to every 1D line of ``x`` along ``axis`` (``[lines, n] -> [lines, n]``), chunked."""
+def _along_axis(x: torch.Tensor, axis: int, chunk_elements: int, fn, skip_zero_lines: bool = False) -> torch.Tensor:
+    """Apply ``fn`` to every 1D line of ``x`` along ``axis`` (``[lines, n] -> [lines, n]``), chunked.
+
+    ``skip_zero_lines``: lines that are all 0 stay 0 (a line of zero voxels is at
+    distance 0 whatever the other axes say) and are not passed to ``fn``; for a
+    small object most lines of ``edt(object)`` are such lines.
+    """
     moved = x.movedim(axis, -1)
     n = moved.shape[-1]
     lines = moved.reshape(-1, n)
+    if skip_zero_lines:
+        busy = lines.ne(0).any(1)
+        if not bool(busy.all()):
+            out = torch.zeros_like(lines)
+            rows = busy.nonzero().squeeze(1)
+            if rows.numel() > 0:
+                out[rows] = _along_axis(lines[rows], 1, chunk_elements, fn)
+            return out.reshape(moved.shape).movedim(-1, axis)
     step = max(1, chunk_elements // n)
     if lines.shape[0] <= step:
         out = fn(lines)
