@@ -43,14 +43,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def _status(gt_voxels: int, pred_voxels: int) -> str:
-    if gt_voxels and pred_voxels:
-        return "ok"
-    if not gt_voxels and not pred_voxels:
-        return "both_empty"
-    return "gt_empty" if not gt_voxels else "pred_empty"
-
-
 class CaseEvaluator:
     """Scores predicted 3D cases against their ground truth and writes the results contract.
 
@@ -78,15 +70,13 @@ class CaseEvaluator:
         from .metrics import evaluate_case
 
         scores = evaluate_case(pred, gt, spacing, self.labels, convention=self.convention,
-                               nsd_tolerance_mm=self.nsd_tolerance_mm)
-        gt_counts = np.bincount(np.asarray(gt).ravel().astype(np.int64), minlength=len(self.class_names))
-        pred_counts = np.bincount(np.asarray(pred).ravel().astype(np.int64), minlength=len(self.class_names))
+                               nsd_tolerance_mm=self.nsd_tolerance_mm, with_status=True)
         rows = []
         for label in self.labels:
             row = {"case": case_id, "organ": self.class_names[label], "label": label}
             row.update({k: float(scores[label][k]) for k in METRIC_KEYS})
-            row.update(gt_voxels=int(gt_counts[label]), pred_voxels=int(pred_counts[label]),
-                       status=_status(int(gt_counts[label]), int(pred_counts[label])), convention=self.convention)
+            row.update(gt_voxels=int(scores[label]["gt_voxels"]), pred_voxels=int(scores[label]["pred_voxels"]),
+                       status=scores[label]["status"], convention=self.convention)
             rows.append(row)
         self.rows.extend(rows)
         return rows

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap
+from .evaluation import atomic_write_text
 
 
 def build(cfg: DictConfig):
@@ -97,16 +99,23 @@ def main(cfg: DictConfig) -> float | None:
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
     try:
         summary = run(cfg, output_dir)
-    except USER_ERRORS as exc:
+    except Exception as exc:  # noqa: BLE001 - every failure is recorded; user errors are one line
+        user_error = isinstance(exc, USER_ERRORS)
         exc = unwrap(exc)
-        report_error(exc, "segbench-train")
-        (output_dir / "results").mkdir(parents=True, exist_ok=True)
-        (output_dir / "results" / "error.json").write_text(json.dumps({"error": str(exc), "type": type(exc).__name__}))
-        if hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN":
-            return None  # a failed job is recorded; the sweep goes on
-        sys.exit(1)
+        if user_error:
+            report_error(exc, "segbench-train")
+        else:
+            traceback.print_exc()
+        atomic_write_text(output_dir / "results" / "error.json",
+                          json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        if multirun:
+            return None  # a failed job is recorded in its own directory; the sweep goes on
+        if user_error:
+            sys.exit(1)
+        raise
     value = summary.get("mean_dsc")
     return float(value) if value is not None else None
 

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
@@ -75,8 +76,10 @@ class SliceDataset(Dataset):
         sample = {"image": self.slices.images[i], "label": self.slices.labels[i][None].float()}
         if self.transform is not None:
             sample = self.transform(sample)
-        return {"image": torch.as_tensor(sample["image"]).float(),
-                "label": torch.as_tensor(sample["label"])[0].round().long(),
+        # plain tensors: MONAI's MetaTensor would follow the batch through the network and slow
+        # every forward/backward by ~2x (it dispatches through __torch_function__ for each op)
+        return {"image": convert_to_tensor(sample["image"], track_meta=False).float(),
+                "label": convert_to_tensor(sample["label"], track_meta=False)[0].round().long(),
                 "case_index": self.slices.case_index[i]}
 
 
