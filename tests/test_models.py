@@ -25,7 +25,7 @@ SMALL = {
     "unetpp": ["model.width=4"],
     "attention_unet": ["model.width=4", "model.depth=3"],
     "segresnet": ["model.width=8", "model.blocks_down=[1,1,1]"],
-    "swin_unetr": ["model.width=12"],
+    "swin_unetr": ["model.width=12", "+model.depths=[1,1,1,1]", "+model.window_size=4"],
     "unetr": ["model.width=4", "model.hidden_size=16", "model.mlp_dim=32", "model.num_heads=2",
               "model.num_layers=4"],
     "transunet": ["model.width=8", "model.encoder_blocks=[1,1,1]", "model.hidden_size=16", "model.mlp_dim=32",
@@ -34,7 +34,7 @@ SMALL = {
 #: the dimensionalities each model supports
 DIMS = {"unet": (2, 3), "unet3d": (3,), "unetpp": (2, 3), "attention_unet": (2, 3), "segresnet": (2, 3),
         "swin_unetr": (2, 3), "unetr": (2, 3), "transunet": (2,)}
-#: input sides: multiples of 32 suit every model (Swin UNETR needs 32, UNETR / TransUNet 16)
+#: input sides (Swin UNETR: multiples of 32, at least 64; UNETR / TransUNet: multiples of 16)
 SIZE = {2: 32, 3: 16}
 
 
@@ -54,7 +54,7 @@ def compose_run(*overrides: str):
 
 def input_shape(name: str, dims: int) -> tuple[int, ...]:
     if name == "swin_unetr":
-        return (32,) * dims
+        return (64,) * dims  # InstanceNorm at 1/32 needs 2 voxels
     if name == "unetpp" and dims == 3:
         return (32, 16, 16)  # four poolings must leave > 1 voxel for InstanceNorm
     return (SIZE[dims],) * dims
@@ -129,6 +129,9 @@ def test_model_builds_from_its_config_and_learns_a_fixed_batch(name, dims):
     (["model=swin_unetr", "model.width=16"], "model=swin_unetr: model.width=16 must be a positive multiple of 12"),
     (["model=swin_unetr", "model.width=12", "data=phantom", "data.img_size=48"],
      "model=swin_unetr cannot take data.img_size=48"),
+    (["model=swin_unetr", "model.width=12", "data=phantom3d", "data.patch_size=[32,64,64]"],
+     "model=swin_unetr cannot take data.patch_size=[32, 64, 64]: its patch size 2 and four patch mergings (2**5) "
+     "needs every side to be a multiple of 32 and at least 64"),
     # the smoke overlay's model.depth is a U-Net knob; fixed-depth models say so instead of ignoring it
     (["model=unetpp", "+model.depth=4"], "model=unetpp has a fixed number of resolution levels"),
 ])

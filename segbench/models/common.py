@@ -47,14 +47,17 @@ def size_setting(spatial_dims: int) -> str:
     return "data.img_size" if spatial_dims == 2 else "data.patch_size"
 
 
-def check_divisible(model: str, size: tuple[int, ...] | None, divisor: int, why: str) -> None:
-    """Every side of ``size`` must be a multiple of ``divisor`` (``why`` says which part of the model needs it)."""
-    if size is None or all(s % divisor == 0 and s >= divisor for s in size):
+def check_divisible(model: str, size: tuple[int, ...] | None, divisor: int, why: str, minimum: int = 0) -> None:
+    """Every side of ``size`` must be a multiple of ``divisor`` and at least ``max(divisor, minimum)``
+    (``why`` says which part of the model needs it)."""
+    minimum = max(divisor, minimum)
+    if size is None or all(s % divisor == 0 and s >= minimum for s in size):
         return
     setting = size_setting(len(size))
     value = size[0] if len(size) == 2 and len(set(size)) == 1 else list(size)
-    raise ConfigError(f"model={model} cannot take {setting}={value}: {why} needs every side to be a multiple "
-                      f"of {divisor}; set {setting} to one")
+    need = f"a multiple of {divisor}" + (f" and at least {minimum}" if minimum > divisor else "")
+    raise ConfigError(f"model={model} cannot take {setting}={value}: {why} needs every side to be {need}; "
+                      f"set {setting} to one")
 
 
 def check_no_depth(model: str, depth: int | None) -> None:

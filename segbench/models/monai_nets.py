@@ -116,7 +116,7 @@ class SwinUNETR(nn.Module):
     """Swin UNETR (Hatamizadeh et al., BrainLes 2021): Swin Transformer encoder, CNN decoder.
 
     MONAI ``SwinUNETR`` with ``feature_size = width`` (a multiple of 12; 48 in the paper), patch
-    size 2, window 7, stages ``depths`` / ``num_heads``; input sides multiples of 32. Needs the
+    size 2, window 7, stages ``depths`` / ``num_heads``; input sides multiples of 32, at least 64. Needs the
     ``einops`` package (MONAI's implementation imports it); checked at start-up.
     """
 
@@ -131,8 +131,9 @@ class SwinUNETR(nn.Module):
         spatial_dims = check_spatial_dims(self.name, spatial_dims, (2, 3))
         check_no_depth(self.name, depth)
         w = check_width(self.name, width, 12, "MONAI's SwinUNETR feature_size")
+        # 64: InstanceNorm at 1/32 needs more than one voxel per side in training
         check_divisible(self.name, input_size(self.name, img_size, spatial_dims), 32,
-                        "its patch size 2 and four patch mergings (2**5)")
+                        "its patch size 2 and four patch mergings (2**5)", minimum=64)
         require_einops(self.name)
         from monai.networks.nets import SwinUNETR as MonaiSwinUNETR
 
