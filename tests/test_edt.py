@@ -86,7 +86,8 @@ def test_mask_dtypes_nonzero_is_foreground():
 @pytest.mark.parametrize("method", METHODS)
 def test_all_zero_mask_is_zero_and_no_zero_sample_is_inf(method):
     zeros = torch.zeros(2, 6, 7, dtype=torch.bool)
-    assert torch.equal(distance_transform_edt(zeros, spatial_dims=2, method=method), torch.zeros(2, 6, 7, dtype=torch.float64))
+    got = distance_transform_edt(zeros, spatial_dims=2, method=method)
+    assert torch.equal(got, torch.zeros(2, 6, 7, dtype=torch.float64))
     # sample 0 has no zero voxel: no distance is defined -> inf (scipy would measure to a phantom
     # zero at index (-1, 0)); sample 1 is unaffected
     mask = torch.ones(2, 6, 7, dtype=torch.bool)
