@@ -16,7 +16,6 @@ from segbench.errors import ConfigError
 from segbench.models import MODELS, TransUNet, UNet
 from segbench.train import build
 
-HAS_EINOPS = importlib.util.find_spec("einops") is not None
 
 #: per model: overrides that shrink it to a few thousand parameters (widths, ViT size, levels)
 SMALL = {
@@ -85,8 +84,6 @@ def test_input_size_comes_from_the_data_config():
 
 @pytest.mark.parametrize("name,dims", [(n, d) for n in sorted(DIMS) for d in DIMS[n]])
 def test_model_builds_from_its_config_and_learns_a_fixed_batch(name, dims):
-    if name == "swin_unetr" and not HAS_EINOPS:
-        pytest.skip("MONAI's SwinUNETR needs einops (not installed here); start-up error tested below")
     torch.manual_seed(0)
     cfg = model_config(name, dims, "loss=ce_dice")
     _, module = build(cfg)
@@ -145,8 +142,11 @@ def test_unsupported_combination_fails_when_built(overrides, message):
     assert "\n" not in str(error)
 
 
-@pytest.mark.skipif(HAS_EINOPS, reason="einops is installed")
-def test_swin_unetr_without_einops_says_what_to_install():
+def test_swin_unetr_without_einops_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "einops" else real_find_spec(name, *a))
     with pytest.raises(Exception) as info:
         build(compose_run("model=swin_unetr", "model.width=12", "data=phantom", "data.img_size=64"))
     assert str(unwrap(info.value)).startswith("model=swin_unetr needs the 'einops' package")
@@ -177,7 +177,6 @@ def test_unetr_follows_monai_layout_and_size():
             "encoder2.transp_conv_init.conv.weight", "decoder5.transp_conv.conv.weight", "out.conv.conv.weight"} <= keys
 
 
-@pytest.mark.skipif(not HAS_EINOPS, reason="needs einops for MONAI's UNETR")
 def test_unetr_equals_monai_unetr_with_the_same_weights():
     from monai.networks.nets import UNETR as MonaiUNETR
 
