@@ -18,7 +18,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-METHODS = ("envelope", "brute")
+METHODS = ("auto", "envelope", "brute", "scipy")
 
 
 def random_mask(rng, shape, p_fg):
