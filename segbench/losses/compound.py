@@ -37,10 +37,13 @@ class CEDiceLoss(CompoundLoss):
     :class:`~segbench.losses.region.DiceLoss` (Milletari et al. 2016) with
     ``include_background``, ``smooth``, ``batch``, ``squared``. Equals MONAI's
     ``DiceCELoss(softmax=True, to_onehot_y=True)`` with the same Dice options.
+    ``batch`` defaults to True, as nnU-Net's and TransUNet's baselines pool the Dice sums over
+    the batch: per-slice Dice rewards never predicting a small organ on the many 2D slices that
+    do not show it (its Dice is 1 when both are empty), and the organ is then never learned.
     """
 
     def __init__(self, lambda_ce: float = 1.0, lambda_dice: float = 1.0, include_background: bool = False,
-                 smooth: float = 1e-5, batch: bool = False, squared: bool = False, ignore_index: int | None = None):
+                 smooth: float = 1e-5, batch: bool = True, squared: bool = False, ignore_index: int | None = None):
         super().__init__()
         self.ignore_index = ignore_index
         self.terms = nn.ModuleDict({
