@@ -292,7 +292,7 @@ class HausdorffDTLoss(_WithDice):
 class HausdorffERTerm(SegLoss):
     """``mean_{b, c, i} sum_k k^alpha ((p - q)^2 eroded k times)`` (see :class:`HausdorffERLoss`)."""
 
-    def __init__(self, alpha: float = 2.0, erosions: int = 10, erosion: str = "soft",
+    def __init__(self, alpha: float = 2.0, erosions: int = 10, erosion: str = "min",
                  include_background: bool = False):
         super().__init__()
         self.alpha = float(check_option("alpha", alpha, low=0.0))
@@ -372,17 +372,20 @@ class HausdorffERLoss(_WithDice):
     Args:
         alpha: exponent of ``k`` (2).
         erosions: ``K`` (10, as PatRyg99's / kornia's implementations).
-        erosion: ``soft`` - convolution with the cross normalised to sum 1, soft
-            thresholding ``max(x - 0.5, 0)`` and min-max rescaling of each map (the
-            paper's differentiable erosion, as PatRyg99 and kornia implement it); ``min`` -
-            grey-level erosion (minimum over the cross, gradient to the minimum), exact
-            erosion on binary maps. Both pad the image with 0 (its border erodes).
+        erosion: ``min`` (default) - grey-level erosion (minimum over the cross, gradient
+            to the minimum), exact erosion on binary maps; ``soft`` - convolution with the
+            cross normalised to sum 1, soft thresholding ``max(x - 0.5, 0)`` and min-max
+            rescaling of each map (the paper's differentiable erosion, as PatRyg99 and kornia
+            implement it). ``soft`` is NOT monotone in the error: the rescaling lifts any
+            residual to 1, so a 5 % error scores about as high as a 50 % one and the loss can
+            fall as the error grows (``segbench-figures probe`` shows it); hence ``min`` by
+            default. Both pad the image with 0 (its border erodes).
         include_background: score class 0 too.
         lambda_dice: weight of the Dice term.
         balance_dice: reset ``lambda_dice`` every epoch to mean L_ER / mean Dice.
     """
 
-    def __init__(self, alpha: float = 2.0, erosions: int = 10, erosion: str = "soft",
+    def __init__(self, alpha: float = 2.0, erosions: int = 10, erosion: str = "min",
                  include_background: bool = False, lambda_dice: float = 1.0, balance_dice: bool = False):
         super().__init__(HausdorffERTerm(alpha, erosions, erosion, include_background), lambda_dice,
                          include_background, balance_dice)
