@@ -36,6 +36,18 @@ def blob_case(seed: int, shape=(12, 64, 64), num_classes: int = 3):
     return image, label
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and fair to a CPU shared with other jobs.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def blob_dataset(tmp_path: Path) -> Path:
     root = tmp_path / "blobs"

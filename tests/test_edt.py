@@ -9,13 +9,7 @@ from scipy import ndimage
 
 from segbench.ops.edt import distance_transform_edt, signed_distance, unsigned_distance
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (10-30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 METHODS = ("auto", "envelope", "brute", "scipy")

@@ -34,13 +34,7 @@ from scipy import ndimage
 from segbench.losses import LossInputs, build_loss
 from segbench.losses.boundary import ball_means, mumford_shah, soft_skeleton
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention on a shared machine (10-30x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BOUNDARY_LOSSES = ["boundary", "hausdorff_dt", "hausdorff_er", "hausdorff_cv", "active_contour", "level_set",

@@ -53,6 +53,29 @@ def resize_slices(slices: np.ndarray, size: int, is_label: bool) -> np.ndarray:
     return np.clip(np.asarray(resize(torch.from_numpy(slices))), 0.0, 1.0).astype(np.float32)
 
 
+def build_augmentation(augment: dict[str, float], spatial_dims: int):
+    """MONAI flips (every spatial axis) and an in-plane rotation from ``data.augment``; None when all off.
+
+    ``augment = {flip_prob, rotate_prob, rotate_range_deg}``. In 3D (Z, Y, X) ``range_x`` rotates
+    about the first spatial axis (Z), i.e. in the axial (Y, X) plane, as in 2D.
+    """
+    from monai.transforms import Compose, RandFlipd, RandRotated
+
+    flip = float(augment.get("flip_prob", 0.0))
+    rot = float(augment.get("rotate_prob", 0.0))
+    deg = float(augment.get("rotate_range_deg", 0.0))
+    for key, value in (("flip_prob", flip), ("rotate_prob", rot)):
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"data.augment.{key} must be in [0, 1], got {value}")
+    steps = []
+    if flip > 0:
+        steps += [RandFlipd(["image", "label"], prob=flip, spatial_axis=axis) for axis in range(spatial_dims)]
+    if rot > 0 and deg > 0:
+        steps.append(RandRotated(["image", "label"], range_x=math.radians(deg), prob=rot,
+                                 mode=("bilinear", "nearest"), padding_mode="zeros"))
+    return Compose(steps) if steps else None
+
+
 @dataclass
 class SliceSet:
     """Axial slices of several cases, resized to the model size."""
@@ -344,22 +367,7 @@ class SegDataModule(pl.LightningDataModule):
                         torch.from_numpy(np.concatenate(index)))
 
     def _train_transform(self):
-        from monai.transforms import Compose, RandFlipd, RandRotated
-
-        flip = float(self.augment.get("flip_prob", 0.0))
-        rot = float(self.augment.get("rotate_prob", 0.0))
-        deg = float(self.augment.get("rotate_range_deg", 0.0))
-        for key, value in (("flip_prob", flip), ("rotate_prob", rot)):
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"data.augment.{key} must be in [0, 1], got {value}")
-        steps = []
-        if flip > 0:
-            steps += [RandFlipd(["image", "label"], prob=flip, spatial_axis=0),
-                      RandFlipd(["image", "label"], prob=flip, spatial_axis=1)]
-        if rot > 0 and deg > 0:
-            steps.append(RandRotated(["image", "label"], range_x=math.radians(deg), prob=rot,
-                                     mode=("bilinear", "nearest"), padding_mode="zeros"))
-        return Compose(steps) if steps else None
+        return build_augmentation(self.augment, spatial_dims=2)
 
     # -- loaders ---------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

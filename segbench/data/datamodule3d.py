@@ -36,7 +36,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
-from .datamodule import resolve_split, unit_image
+from .datamodule import build_augmentation, resolve_split, unit_image
 from .preprocess import check_target_spacing, resample_volume
 from .volume import CaseRef, Volume
 
@@ -267,22 +267,7 @@ class PatchDataModule(pl.LightningDataModule):
         return images, labels
 
     def _augment(self):
-        from monai.transforms import Compose, RandFlipd, RandRotated
-
-        flip = float(self.augment.get("flip_prob", 0.0))
-        rot = float(self.augment.get("rotate_prob", 0.0))
-        deg = float(self.augment.get("rotate_range_deg", 0.0))
-        for key, value in (("flip_prob", flip), ("rotate_prob", rot)):
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"data.augment.{key} must be in [0, 1], got {value}")
-        steps = []
-        if flip > 0:
-            steps += [RandFlipd(["image", "label"], prob=flip, spatial_axis=axis) for axis in range(3)]
-        if rot > 0 and deg > 0:
-            # range_x rotates about the first spatial axis (Z): in the axial (Y, X) plane
-            steps.append(RandRotated(["image", "label"], range_x=math.radians(deg), prob=rot,
-                                     mode=("bilinear", "nearest"), padding_mode="zeros"))
-        return Compose(steps) if steps else None
+        return build_augmentation(self.augment, spatial_dims=3)
 
     def overlay_samples(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` fixed, foreground-centred validation patches ``(n, 1, *patch)``, ``(n, *patch)`` for overlays."""
