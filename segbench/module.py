@@ -77,9 +77,10 @@ class SegModule(pl.LightningModule):
                                        metrics.get("nsd_tolerance_mm", 2.0))
         self.slice_batch = int((test or {}).get("slice_batch", 32))
         self.num_overlays = num_overlays
-        self.channels_last = channels_last
+        # channels-last speeds up 2D convolutions (oneDNN / cuDNN NHWC); 3D networks keep their layout
+        self.channels_last = channels_last and any(p.dim() == 4 for p in self.net.parameters())
         self.inference = check_inference(inference)
-        if channels_last:
+        if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._val_stats: torch.Tensor | None = None
 
@@ -103,7 +104,8 @@ class SegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits),
+                 sync_dist=True)
         for key, value in self.loss_fn.log_values().items():
             self.log(f"loss/{key}", float(value), on_step=True, on_epoch=False)
         return loss
@@ -143,10 +145,11 @@ class SegModule(pl.LightningModule):
         denom = npred + ntrue
         dice = torch.where(denom > 0, 2 * inter / denom.clamp_min(1), torch.full_like(denom, float("nan")))
         per_class = dice[:, 1:].nanmean(0)
+        # the counts are summed over ranks already, so every rank logs the same values (sync_dist: a no-op mean)
         for name, value in zip(self.class_names[1:], per_class):
             if not torch.isnan(value):
-                self.log(f"val/dice/{name}", value.float())
-        self.log("val/dice", per_class.nanmean().float(), prog_bar=True)
+                self.log(f"val/dice/{name}", value.float(), sync_dist=True)
+        self.log("val/dice", per_class.nanmean().float(), prog_bar=True, sync_dist=True)
         self._log_overlays()
 
     def _log_overlays(self) -> None:
@@ -203,6 +206,13 @@ class SegModule(pl.LightningModule):
         self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"])
         if self.prediction_dir is not None:
             save_nifti_label(self.prediction_dir / f"{batch['case_id']}.nii.gz", pred, batch["affine"])
+
+    def on_test_epoch_end(self) -> None:
+        # under DDP each rank scored its share of the cases: every rank ends with all rows, once each
+        if self.trainer.world_size > 1:
+            from .distributed import gather_rows
+
+            self.evaluator.rows[:] = gather_rows(self.evaluator.rows)
 
 
 def overlay_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, alpha: float = 0.5) -> np.ndarray:

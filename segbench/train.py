@@ -20,6 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap
+from .errors import ConfigError
 from .evaluation import atomic_write_text
 
 
@@ -36,7 +37,8 @@ def build(cfg: DictConfig):
                        optimizer=instantiate(cfg.optimizer), scheduler=OmegaConf.to_container(cfg.scheduler),
                        class_names=list(cfg.data.class_names),
                        metrics=OmegaConf.to_container(cfg.metrics), test=OmegaConf.to_container(cfg.test),
-                       channels_last=bool(cfg.get("channels_last", False)),
+                       # NHWC is a layout of 4D tensors: 3D networks (NCDHW) keep the default layout
+                       channels_last=bool(cfg.get("channels_last", False)) and int(cfg.data.spatial_dims) == 2,
                        inference=OmegaConf.to_container(cfg.inference, resolve=True) if "inference" in cfg else None)
     datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
     return datamodule, module
@@ -45,63 +47,113 @@ def build(cfg: DictConfig):
 def build_trainer(cfg: DictConfig, output_dir: Path):
     from hydra.utils import instantiate
 
+    from .rundir import epoch_status_callback
+    from .seeding import RandomStateCheckpoint
+
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    # not in the callbacks config: exact resume and the run index depend on them
+    callbacks += [RandomStateCheckpoint(cfg.seed), epoch_status_callback(output_dir)]
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                        default_root_dir=str(output_dir))
 
 
-def run(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Fit (unless ``trainer.max_epochs=0``) and test; returns the summary written to results/."""
+def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    """Fit (unless ``trainer.max_epochs=0``) and test; returns the summary written to results/.
+
+    A directory that holds an unfinished run of this config (``checkpoints/last.ckpt``, no
+    ``results/summary.json``) is resumed from its last checkpoint; one that holds a finished run
+    is not trained again (:mod:`segbench.rundir`; ``resume=false`` starts over).
+    Under DDP every rank runs this; rank 0 alone writes ``run.json``, ``splits.json`` and results.
+    """
     import pytorch_lightning as pl
     import torch
 
+    from . import rundir
+    from .distributed import one_run_directory
     from .evaluation import format_table
     from .runinfo import device_description, git_revision, package_versions
 
     start = time.time()
+    finished = rundir.finished_summary(output_dir, cfg)
+    if finished is not None:
+        print(f"{output_dir} holds a finished run of this config (results/summary.json): not trained again; "
+              "resume=false retrains it")
+        return finished
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     if cfg.get("num_threads"):
         torch.set_num_threads(int(cfg.num_threads))
     datamodule, module = build(cfg)
     trainer = build_trainer(cfg, output_dir)
+    main_rank = trainer.global_rank == 0
+    resume_from = cfg.get("ckpt_path") or rundir.resume_checkpoint(output_dir, cfg)
+    if main_rank:
+        rundir.start(output_dir, cfg, overrides, resume_from)
+    if resume_from:
+        print(f"resuming from {resume_from}")
     datamodule.prepare_data()
     datamodule.setup("fit")
-    datamodule.write_splits(output_dir / "splits.json")
+    if main_rank:
+        datamodule.write_splits(output_dir / "splits.json")
 
     ckpt = "best"
-    if cfg.trainer.max_epochs == 0:
-        ckpt = None  # "no training": evaluate the initial weights
-    else:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
-            ckpt = None  # no validation split: test the final weights
-    if cfg.test.get("save_predictions"):
-        module.prediction_dir = output_dir / "predictions"
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+    with one_run_directory(output_dir):
+        if cfg.trainer.max_epochs == 0:
+            ckpt = None  # "no training": evaluate the initial weights
+        else:
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+            if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
+                ckpt = None  # no validation split: test the final weights
+        if cfg.test.get("save_predictions"):
+            module.prediction_dir = output_dir / "predictions"
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
 
+    best_val = getattr(trainer.checkpoint_callback, "best_model_score", None)
     config = OmegaConf.to_container(cfg, resolve=True)
     extra = {
         "run": {"output_dir": str(output_dir), "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
                 "device": device_description(), "wall_time_s": round(time.time() - start, 1),
+                "world_size": trainer.world_size, "resumed_from": str(resume_from) if resume_from else None,
+                "best_val_dice": float(best_val) if best_val is not None else None,
                 "checkpoint": ckpt and getattr(trainer.checkpoint_callback, "best_model_path", None)},
         "splits": datamodule.splits,
     }
+    if not main_rank:
+        return module.evaluator.summary()
     summary = module.evaluator.write(output_dir / "results", config=config, extra=extra)
+    rundir.update_status(output_dir, status="done", mean_dsc=summary.get("mean_dsc"),
+                         wall_time_s=extra["run"]["wall_time_s"])
     print(format_table(summary))
     print(f"results: {output_dir / 'results'}")
     return summary
 
 
+#: what a sweeper can optimise (``optimized_metric``): the test split's mean DSC, or the best validation Dice
+OBJECTIVES = {"mean_dsc": lambda summary: summary.get("mean_dsc"),
+              "val/dice": lambda summary: (summary.get("run") or {}).get("best_val_dice")}
+
+
+def objective(summary: dict[str, Any], metric: str) -> float | None:
+    """The number returned to the sweeper (None when the run has no such number, e.g. no validation split)."""
+    value = OBJECTIVES[metric](summary)
+    return float(value) if value is not None else None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
+
+    from . import rundir
 
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    metric = cfg.get("optimized_metric", "mean_dsc")
     try:
-        summary = run(cfg, output_dir)
+        if metric not in OBJECTIVES:
+            raise ConfigError(f"optimized_metric={metric!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
+        summary = run(cfg, output_dir, overrides=[str(o) for o in hydra_cfg.overrides.task])
     except Exception as exc:  # noqa: BLE001 - every failure is recorded; user errors are one line
         user_error = isinstance(exc, USER_ERRORS)
         exc = unwrap(exc)
@@ -109,15 +161,21 @@ def main(cfg: DictConfig) -> float | None:
             report_error(exc, "segbench-train")
         else:
             traceback.print_exc()
-        atomic_write_text(output_dir / "results" / "error.json",
-                          json.dumps({"error": str(exc), "type": type(exc).__name__}))
+        if rank_zero_only.rank == 0:
+            atomic_write_text(output_dir / "results" / "error.json",
+                              json.dumps({"error": str(exc), "type": type(exc).__name__}))
+            rundir.update_status(output_dir, status="failed", error=str(exc).strip().splitlines()[0]
+                                 if str(exc).strip() else type(exc).__name__)
         if multirun:
             return None  # a failed job is recorded in its own directory; the sweep goes on
         if user_error:
             sys.exit(1)
         raise
-    value = summary.get("mean_dsc")
-    return float(value) if value is not None else None
+    except BaseException:  # killed by Ctrl-C, or by a Slurm time limit / preemption (submitit requeues)
+        if rank_zero_only.rank == 0 and (output_dir / rundir.RUN_FILE).is_file():
+            rundir.update_status(output_dir, status="interrupted")
+        raise
+    return objective(summary, metric)
 
 
 if __name__ == "__main__":

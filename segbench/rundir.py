@@ -1,0 +1,141 @@
+"""A run directory's life: its status file, resuming it after a kill, never training it twice.
+
+Every run writes ``run.json`` next to ``results/`` when it starts and rewrites it (atomically)
+as it goes, so a listing of a sweep directory shows what finished::
+
+    {"status": "running" | "done" | "failed" | "interrupted", "attempt": 2, "epoch": 41,
+     "started": "...", "updated": "...", "host": "...", "pid": 1234, "resumed_from": ".../last.ckpt",
+     "overrides": ["loss=afw_dice", "seed=2"], "mean_dsc": 0.79, "error": "...", "wall_time_s": 812.4,
+     "config": {...}}            # the unresolved config of the first attempt
+
+Running ``segbench-train`` again into the same directory (``run_name=<name>``, the same multirun
+job, a Slurm requeue) looks at what is there:
+
+* ``results/summary.json``: the run finished; it is not trained again (its summary is returned);
+* ``checkpoints/last.ckpt`` and no summary: the run was cut short; it resumes from ``last.ckpt``;
+* otherwise it starts from scratch (and so does ``resume=false``, which first removes the
+  directory's ``last.ckpt`` and results).
+
+Both continuations first check that the config is the one the directory was started with
+(:data:`VOLATILE_KEYS` may differ), so a resumed run is the run it claims to be.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import ConfigError
+from .evaluation import atomic_write_text
+
+RUN_FILE = "run.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+SUMMARY = Path("results") / "summary.json"
+ERROR = Path("results") / "error.json"
+
+#: config keys that may differ between attempts of one run: where files live, how many threads,
+#: the run's name and the resume switches themselves
+VOLATILE_KEYS = ("run_name", "paths", "num_threads", "resume", "ckpt_path", "optimized_metric")
+
+
+def _now() -> str:
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def read_status(output_dir: Path) -> dict[str, Any] | None:
+    path = Path(output_dir) / RUN_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def update_status(output_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into ``run.json`` (written through a temporary file and a rename)."""
+    status = read_status(output_dir) or {}
+    status.update(fields, updated=_now())
+    atomic_write_text(Path(output_dir) / RUN_FILE, json.dumps(status, indent=2, default=str))
+    return status
+
+
+def comparable_config(cfg: DictConfig) -> dict[str, Any]:
+    """The config as written (interpolations unresolved: machine-independent), minus :data:`VOLATILE_KEYS`."""
+    container = OmegaConf.to_container(cfg, resolve=False)
+    return {k: v for k, v in container.items() if k not in VOLATILE_KEYS}
+
+
+def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ, as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in list(old) + [k for k in new if k not in old]:
+            out += config_changes(old.get(key, "<absent>"), new.get(key, "<absent>"), f"{prefix}{key}.")
+        return out
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old} -> {new}"]
+
+
+def _check_same_config(output_dir: Path, cfg: DictConfig, what: str) -> None:
+    status = read_status(output_dir)
+    if not status or "config" not in status:
+        return  # a directory from before run.json existed: nothing to compare with
+    changes = config_changes(status["config"], comparable_config(cfg))
+    if changes:
+        shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+        raise ConfigError(f"{output_dir} holds {what} with another config ({shown}); choose another run_name "
+                          "(or hydra.run.dir), or pass resume=false to train this directory from scratch")
+
+
+def finished_summary(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of a finished run of this config in ``output_dir`` (None: not finished / ``resume=false``)."""
+    path = Path(output_dir) / SUMMARY
+    if not cfg.get("resume", True) or not path.is_file():
+        return None
+    _check_same_config(output_dir, cfg, "a finished run")
+    return json.loads(path.read_text())
+
+
+def resume_checkpoint(output_dir: Path, cfg: DictConfig) -> Path | None:
+    """``checkpoints/last.ckpt`` of an unfinished run of this config in ``output_dir``, if any."""
+    path = Path(output_dir) / LAST_CHECKPOINT
+    if not cfg.get("resume", True) or not path.is_file() or (Path(output_dir) / SUMMARY).is_file():
+        return None
+    _check_same_config(output_dir, cfg, "an unfinished run")
+    return path
+
+
+def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resumed_from: Path | None) -> None:
+    """Record an attempt's start (status ``running``) and clear what an earlier attempt left that no longer
+    holds: its error, and -- when this attempt starts from scratch (``resume=false``) -- its last checkpoint
+    and results, so that neither a later resume nor a report can pick them up."""
+    previous = read_status(output_dir) or {}
+    left_over = [ERROR] if resumed_from else [ERROR, LAST_CHECKPOINT, SUMMARY, Path("results") / "per_case.csv"]
+    for path in left_over:
+        (Path(output_dir) / path).unlink(missing_ok=True)
+    fresh = resumed_from is None or "config" not in previous
+    fields: dict[str, Any] = {"status": "running", "attempt": int(previous.get("attempt", 0)) + 1,
+                              "host": socket.gethostname(), "pid": os.getpid(), "output_dir": str(output_dir),
+                              "resumed_from": str(resumed_from) if resumed_from else None, "epoch": None}
+    if fresh:
+        fields.update(started=_now(), overrides=overrides, config=comparable_config(cfg))
+    for key in ("error", "mean_dsc", "wall_time_s"):
+        previous.pop(key, None)
+    atomic_write_text(Path(output_dir) / RUN_FILE, json.dumps({**previous, **fields, "updated": _now()},
+                                                              indent=2, default=str))
+
+
+def epoch_status_callback(output_dir: Path):
+    """A Lightning callback that keeps ``run.json``'s ``epoch`` (epochs completed) current, on rank 0."""
+    import pytorch_lightning as pl
+
+    class EpochStatus(pl.Callback):
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.global_rank == 0 and not trainer.sanity_checking:
+                update_status(output_dir, epoch=trainer.current_epoch + 1, max_epochs=trainer.max_epochs)
+
+    return EpochStatus()
