@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +22,9 @@ from pathlib import Path
 def find_runs(root: Path) -> list[Path]:
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        # natural order: job 2 before job 10
+        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")),
+                             key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", d)])
         if "run.json" in filenames:
             found.append(Path(dirpath))
             dirnames[:] = []

@@ -58,6 +58,13 @@ def build_trainer(cfg: DictConfig, output_dir: Path):
                        default_root_dir=str(output_dir))
 
 
+def _missing_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` (mandatory, not given)."""
+    if isinstance(node, dict):
+        return [k for key, value in node.items() for k in _missing_keys(value, f"{prefix}{key}.")]
+    return [prefix.rstrip(".")] if node == "???" else []
+
+
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Fit (unless ``trainer.max_epochs=0``) and test; returns the summary written to results/.
 
@@ -75,6 +82,11 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     from .runinfo import device_description, git_revision, package_versions
 
     start = time.time()
+    missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
+    if missing:  # e.g. the dataset's location: one line, before anything is built
+        hint = ("data.root=<the dataset's directory>, or data=phantom for the built-in phantom"
+                if "data.root" in missing else f"{missing[0]}=...")
+        raise ConfigError(f"{', '.join(missing)} not set: pass {hint}")
     finished = rundir.finished_summary(output_dir, cfg)
     if finished is not None:
         print(f"{output_dir} holds a finished run of this config (results/summary.json): not trained again; "
@@ -150,10 +162,11 @@ def main(cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
     metric = cfg.get("optimized_metric", "mean_dsc")
+    overrides = [str(o) for o in hydra_cfg.overrides.task]
     try:
         if metric not in OBJECTIVES:
             raise ConfigError(f"optimized_metric={metric!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
-        summary = run(cfg, output_dir, overrides=[str(o) for o in hydra_cfg.overrides.task])
+        summary = run(cfg, output_dir, overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded; user errors are one line
         user_error = isinstance(exc, USER_ERRORS)
         exc = unwrap(exc)
@@ -164,8 +177,8 @@ def main(cfg: DictConfig) -> float | None:
         if rank_zero_only.rank == 0:
             atomic_write_text(output_dir / "results" / "error.json",
                               json.dumps({"error": str(exc), "type": type(exc).__name__}))
-            rundir.update_status(output_dir, status="failed", error=str(exc).strip().splitlines()[0]
-                                 if str(exc).strip() else type(exc).__name__)
+            rundir.update_status(output_dir, status="failed", overrides=overrides,
+                                 error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         if multirun:
             return None  # a failed job is recorded in its own directory; the sweep goes on
         if user_error:

@@ -177,6 +177,14 @@ def test_an_option_some_losses_lack_without_plus_plus_stops_the_sweep_before_any
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_paper_experiment_without_its_dataset_says_so_in_one_line(tmp_path, env):
+    proc = segbench("train", "experiment=table1_synapse", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == ("segbench-train: error: data.root not set: pass data.root=<the "
+                                                    "dataset's directory>, or data=phantom for the built-in phantom")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
+
+
 def test_optuna_search_runs_trials_and_reports_the_best(phantom_dir, tmp_path, env):
     sweep = tmp_path / "optuna"
     proc = segbench("train", "hparams_search=afw_optuna", "debug=smoke", "num_threads=1", "hydra.sweeper.n_trials=2",
