@@ -149,6 +149,23 @@ def test_table1_subset_through_the_local_submitit_launcher_makes_a_table(phantom
     assert index.returncode == 0 and index.stderr.strip() == "4 done"
 
 
+def test_fig4_subset_on_the_phantom_makes_its_figure(phantom_dir, tmp_path, env):
+    """The figure command of configs/experiment/fig4_focused.yaml on two of its sweep's points."""
+    sweep = tmp_path / "sweep"
+    proc = segbench("train", "-m", "experiment=fig4_focused", "data=phantom", "debug=smoke", "num_threads=1",
+                    "seed=1", "loss.focused_classes=[kidney_r,kidney_l],[]", f"hydra.sweep.dir={sweep}",
+                    f"paths.data_dir={phantom_dir}", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = segbench("figures", "focused", str(sweep), "--key", "loss.focused_classes", "--percent", "--per-organ",
+                    "--out", str(tmp_path / "fig"))
+    assert proc.returncode == 0, proc.stderr
+    import pandas as pd
+
+    points = pd.read_csv(tmp_path / "fig" / "focused.csv")
+    assert sorted(set(points["x"])) == [0, 2]
+    assert (tmp_path / "fig" / "focused.png").is_file() and (tmp_path / "fig" / "focused.pdf").is_file()
+
+
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(phantom_dir, tmp_path, env):
     """``++loss.gamma`` sets gamma where the loss has it and adds it where it does not: the ce_dice job
     stops at start-up with a one-line error, the afw_dice job trains, the table marks the failure."""
