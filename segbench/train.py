@@ -5,6 +5,10 @@
     segbench-train -m loss=ce_dice,dice seed=1,2     # a sweep (Hydra multirun)
     segbench-train debug=smoke                       # a < 1 minute dry run
     segbench-train data=phantom3d model=unet3d       # 3D: patches, sliding-window test
+    segbench-train run_name=afw1 loss=afw_dice       # outputs/train/afw1; run again after a kill: it resumes
+    segbench-train trainer=ddp trainer.devices=4     # multi-GPU, one run directory
+    segbench-train -m experiment=table1_synapse data=phantom          # a table of the AFW-Dice paper
+    segbench-train hparams_search=afw_optuna         # Optuna search over gamma and the CE weight
 """
 
 from __future__ import annotations
