@@ -101,17 +101,8 @@ def signed_distance(mask: torch.Tensor, spacing: float | Sequence[float] | None 
     empty class at 0; a full class has no boundary either, and MONAI's
     BoundaryLoss also gives it 0).
     """
-    fg = _as_bool(mask)
-    nd = _resolve_spatial_dims(fg, spacing, spatial_dims)
-    out = torch.zeros(fg.shape, dtype=dtype, device=fg.device)
-    sel, fg_sel = _with_boundary(fg, nd)
-    if fg_sel.numel() == 0:
-        return out
-    both = _squared_edt(torch.stack([~fg_sel, fg_sel]), spacing, nd, dtype, method).sqrt_()
-    outside, inside = both[0], both[1]
-    phi = torch.where(fg_sel, 1.0 - inside, outside)
-    out.view(-1, *fg.shape[fg.dim() - nd:])[sel] = phi
-    return out
+    return _two_sided(mask, spacing, spatial_dims, dtype, method,
+                      lambda fg, outside, inside: torch.where(fg, 1.0 - inside, outside))
 
 
 def unsigned_distance(mask: torch.Tensor, spacing: float | Sequence[float] | None = None, *,
@@ -123,6 +114,11 @@ def unsigned_distance(mask: torch.Tensor, spacing: float | Sequence[float] | Non
     (>= 1 spacing everywhere). Samples without a boundary (``G`` empty or full)
     are all 0, as in MONAI's ``HausdorffDTLoss``.
     """
+    return _two_sided(mask, spacing, spatial_dims, dtype, method, lambda fg, outside, inside: outside + inside)
+
+
+def _two_sided(mask, spacing, spatial_dims, dtype, method, combine) -> torch.Tensor:
+    """``combine(G, edt(~G), edt(G))`` on the samples that have a boundary; 0 on the others."""
     fg = _as_bool(mask)
     nd = _resolve_spatial_dims(fg, spacing, spatial_dims)
     out = torch.zeros(fg.shape, dtype=dtype, device=fg.device)
@@ -130,7 +126,7 @@ def unsigned_distance(mask: torch.Tensor, spacing: float | Sequence[float] | Non
     if fg_sel.numel() == 0:
         return out
     both = _squared_edt(torch.stack([~fg_sel, fg_sel]), spacing, nd, dtype, method).sqrt_()
-    out.view(-1, *fg.shape[fg.dim() - nd:])[sel] = both[0] + both[1]
+    out.view(-1, *fg.shape[fg.dim() - nd:])[sel] = combine(fg_sel, both[0], both[1])
     return out
 
 
