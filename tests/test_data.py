@@ -151,3 +151,10 @@ def test_split_errors(blob_dataset):
         make_dm(blob_dataset, split={"train": 0, "val": 1, "test": 1}).setup("fit")
     with pytest.raises(DataError, match="not in the dataset"):
         make_dm(blob_dataset, split={"train": ["0001"], "val": [], "test": ["0042"]}).setup("fit")
+
+
+def test_3d_on_a_2d_data_config_points_to_the_3d_configs(blob_dataset):
+    from segbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="use data=phantom3d or data=abdomenct1k3d instead of data=phantom"):
+        make_dm(blob_dataset, spatial_dims=3, name="phantom")

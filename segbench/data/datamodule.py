@@ -228,7 +228,7 @@ class SegDataModule(pl.LightningDataModule):
         img_size: model input size (square) for 2D slices.
         batch_size, num_workers: loader settings (per process).
         augment: ``{flip_prob, rotate_prob, rotate_range_deg}``; probabilities 0 disable.
-        spatial_dims: 2 (axial slices); 3D training arrives with the 3D path.
+        spatial_dims: 2 (axial slices); 3D data configs (``data=phantom3d``) use the patch module.
         name: the dataset's name (recorded in results).
         slices_with_foreground_only: train on slices that show at least one organ.
         cache_dir: where preprocessed cases are cached (:mod:`segbench.data.cache`); ``None`` = no cache.
@@ -258,7 +258,8 @@ class SegDataModule(pl.LightningDataModule):
         if int(batch_size) < 1:
             raise ConfigError(f"data.batch_size must be >= 1, got {batch_size}")
         if int(spatial_dims) != 2:
-            raise ConfigError(f"data.spatial_dims={spatial_dims} is not supported by this data module (2 only)")
+            raise ConfigError(f"data.spatial_dims={spatial_dims} needs a 3D data config (patches, sliding window): "
+                              f"use data=phantom3d or data=abdomenct1k3d instead of data={name}")
         self.split_spec = dict(split)
         self.window = [float(window[0]), float(window[1])]
         self.img_size = int(img_size)
