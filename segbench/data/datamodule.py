@@ -125,7 +125,7 @@ class VolumeDataset(Dataset):
                 "affine": vol.affine, "native_shape": vol.shape}
 
 
-def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
+def first_item(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
 
@@ -217,7 +217,101 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
     return out
 
 
-class SegDataModule(pl.LightningDataModule):
+class CaseDataModule(pl.LightningDataModule):
+    """What every segbench data module shares: the source and its case split, the class names, the HU
+    window, the preprocessing cache and the one whole-case preprocessing path (load, resample to
+    ``target_spacing``, intensities to [0, 1]). Subclasses add how training samples are cut
+    (2D slices, 3D patches)."""
+
+    def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float],
+                 num_classes: int | None, name: str, cache_dir: str | None,
+                 target_spacing: Sequence[float | None] | None):
+        super().__init__()
+        self.source = source
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names) if num_classes is None else int(num_classes)
+        if self.num_classes != len(self.class_names):
+            raise ConfigError(f"data.num_classes={self.num_classes} but data.class_names has "
+                              f"{len(self.class_names)} names; make them agree")
+        if len(window) != 2 or not float(window[0]) < float(window[1]):
+            raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
+        self.split_spec = dict(split)
+        self.window = [float(window[0]), float(window[1])]
+        self.name = name
+        self.target_spacing = check_target_spacing(target_spacing)
+        self.cache = None
+        if cache_dir:
+            from .cache import PreprocessCache
+
+            self.cache = PreprocessCache(cache_dir, source)
+        self.splits: dict[str, list[str]] = {}
+        self._refs: dict[str, CaseRef] = {}
+        self.train_set = self.val_set = None
+        self.test_volumes: list[Volume] = []
+        self.val_case_ids: list[str] = []
+
+    def prepare_data(self) -> None:
+        self.source.prepare()
+
+    def _resolve_splits(self) -> None:
+        if not self.splits:
+            refs = self.source.cases()
+            self._refs = {r.case_id: r for r in refs}
+            self.splits = resolve_split([r.case_id for r in refs], self.split_spec)
+
+    def _load_test_volumes(self) -> None:
+        if not self.test_volumes:
+            if not self.splits["test"]:
+                raise DataError("data.split.test is empty; give it at least one case to evaluate")
+            self.test_volumes = [self._prepared(c) for c in self._progress(self.splits["test"], "test")]
+
+    def _load(self, case_id: str) -> Volume:
+        vol = self.source.load(self._refs[case_id])
+        if vol.label is None:
+            raise DataError(f"case {case_id} has no label file; training and testing need labels")
+        return vol
+
+    # -- the one preprocessing path (cached when data.cache_dir is set) -------------------------------------
+    def _prepare(self, case_id: str) -> Volume:
+        """Load, resample to ``target_spacing``, intensities to [0, 1]."""
+        vol = resample_volume(self._load(case_id), self.target_spacing)
+        return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True)
+
+    def _cache_params(self, **extra) -> dict[str, Any]:
+        return {"window": self.window, "target_spacing": self.target_spacing, **extra}
+
+    def _prepared(self, case_id: str) -> Volume:
+        """A whole preprocessed case, from the cache when possible."""
+        def build():
+            vol = self._prepare(case_id)
+            return ({"image": vol.image, "label": vol.label},
+                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist()})
+
+        if self.cache is None:
+            arrays, meta = build()
+        else:
+            arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", self._cache_params(), build)
+        return Volume(case_id, np.ascontiguousarray(arrays["image"], np.float32),
+                      np.ascontiguousarray(arrays["label"], np.uint8), tuple(meta["spacing"]),
+                      np.asarray(meta["affine"]), normalized=True)
+
+    def _progress(self, case_ids: list[str], part: str):
+        from tqdm.auto import tqdm
+
+        builds = self.cache.builds if self.cache is not None else 0
+        yield from tqdm(case_ids, desc=f"{self.name}: preparing {part} cases", unit="case", leave=False,
+                        disable=None)
+        if self.cache is not None and self.cache.builds > builds:
+            log.info("%s: preprocessed %d %s case(s) into %s", self.name, self.cache.builds - builds, part,
+                     self.cache.root)
+
+    def write_splits(self, path: Path) -> None:
+        from ..evaluation import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.splits, indent=2))
+
+
+class SegDataModule(CaseDataModule):
     """2D slice training on 3D cases from any :mod:`segbench.data.sources` source.
 
     Args:
@@ -244,15 +338,7 @@ class SegDataModule(pl.LightningDataModule):
                  name: str = "dataset", slices_with_foreground_only: bool = False,
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
                  target_spacing: Sequence[float | None] | None = None):
-        super().__init__()
-        self.source = source
-        self.class_names = list(class_names)
-        self.num_classes = len(self.class_names) if num_classes is None else int(num_classes)
-        if self.num_classes != len(self.class_names):
-            raise ConfigError(f"data.num_classes={self.num_classes} but data.class_names has "
-                              f"{len(self.class_names)} names; make them agree")
-        if len(window) != 2 or not float(window[0]) < float(window[1]):
-            raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
+        super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing)
         if int(img_size) < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {img_size}")
         if int(batch_size) < 1:
@@ -260,74 +346,23 @@ class SegDataModule(pl.LightningDataModule):
         if int(spatial_dims) != 2:
             raise ConfigError(f"data.spatial_dims={spatial_dims} needs a 3D data config (patches, sliding window): "
                               f"use data=phantom3d or data=abdomenct1k3d instead of data={name}")
-        self.split_spec = dict(split)
-        self.window = [float(window[0]), float(window[1])]
         self.img_size = int(img_size)
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.augment = dict(augment or {})
-        self.name = name
         self.slices_with_foreground_only = slices_with_foreground_only
-        self.target_spacing = check_target_spacing(target_spacing)
-        self.cache = None
-        if cache_dir:
-            from .cache import PreprocessCache
-
-            self.cache = PreprocessCache(cache_dir, source)
-        self.splits: dict[str, list[str]] = {}
-        self._refs: dict[str, CaseRef] = {}
-        self.train_set = self.val_set = None
-        self.test_volumes: list[Volume] = []
-        self.val_case_ids: list[str] = []
 
     # -- setup -----------------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        self.source.prepare()
-
     def setup(self, stage: str | None = None) -> None:
-        if not self.splits:
-            refs = self.source.cases()
-            self._refs = {r.case_id: r for r in refs}
-            self.splits = resolve_split([r.case_id for r in refs], self.split_spec)
+        self._resolve_splits()
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = SliceDataset(self._slices(self.splits["train"], self.slices_with_foreground_only),
                                           self._train_transform())
             if self.splits["val"]:
                 self.val_case_ids = list(self.splits["val"])
                 self.val_set = SliceDataset(self._slices(self.val_case_ids, False, "val"))
-        if stage in (None, "test") and not self.test_volumes:
-            if not self.splits["test"]:
-                raise DataError("data.split.test is empty; give it at least one case to evaluate")
-            self.test_volumes = [self._prepared(c) for c in self._progress(self.splits["test"], "test")]
-
-    def _load(self, case_id: str) -> Volume:
-        vol = self.source.load(self._refs[case_id])
-        if vol.label is None:
-            raise DataError(f"case {case_id} has no label file; training and testing need labels")
-        return vol
-
-    # -- the one preprocessing path (cached when data.cache_dir is set) -------------------------------------
-    def _prepare(self, case_id: str) -> Volume:
-        """Load, resample to ``target_spacing``, intensities to [0, 1]."""
-        vol = resample_volume(self._load(case_id), self.target_spacing)
-        return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True)
-
-    def _cache_params(self, **extra) -> dict[str, Any]:
-        return {"window": self.window, "target_spacing": self.target_spacing, **extra}
-
-    def _prepared(self, case_id: str) -> Volume:
-        """A whole preprocessed case (test time), from the cache when possible."""
-        def build():
-            vol = self._prepare(case_id)
-            return ({"image": vol.image, "label": vol.label},
-                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist()})
-
-        if self.cache is None:
-            arrays, meta = build()
-        else:
-            arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", self._cache_params(), build)
-        return Volume(case_id, arrays["image"], arrays["label"], tuple(meta["spacing"]), np.asarray(meta["affine"]),
-                      normalized=True)
+        if stage in (None, "test"):
+            self._load_test_volumes()
 
     def _case_slices(self, case_id: str) -> tuple[np.ndarray, np.ndarray]:
         """A case's axial slices at the model size (image, label), from the cache when possible."""
@@ -342,16 +377,6 @@ class SegDataModule(pl.LightningDataModule):
             params = self._cache_params(img_size=self.img_size)
             arrays, _ = self.cache.get_or_build(self._refs[case_id], "slices", params, build)
         return arrays["image"], arrays["label"]
-
-    def _progress(self, case_ids: list[str], part: str):
-        from tqdm.auto import tqdm
-
-        builds = self.cache.builds if self.cache is not None else 0
-        yield from tqdm(case_ids, desc=f"{self.name}: preparing {part} cases", unit="case", leave=False,
-                        disable=None)
-        if self.cache is not None and self.cache.builds > builds:
-            log.info("%s: preprocessed %d %s case(s) into %s", self.name, self.cache.builds - builds, part,
-                     self.cache.root)
 
     def _slices(self, case_ids: list[str], foreground_only: bool, part: str = "train") -> SliceSet:
         images, labels, index = [], [], []
@@ -383,10 +408,4 @@ class SegDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(VolumeDataset(self.test_volumes, self.window, self.img_size), batch_size=1,
-                          collate_fn=_first, num_workers=0)
-
-    def write_splits(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.splits, indent=2))
-        tmp.replace(path)
+                          collate_fn=first_item, num_workers=0)

@@ -25,20 +25,15 @@ Arrays are ``(Z, Y, X)`` and so are ``patch_size`` and ``target_spacing``.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..errors import ConfigError, DataError
-from .datamodule import build_augmentation, resolve_split, unit_image
-from .preprocess import check_target_spacing, resample_volume
-from .volume import CaseRef, Volume
+from ..errors import ConfigError
+from .datamodule import CaseDataModule, first_item, build_augmentation
+from .volume import Volume
 
 
 def _plain(x) -> torch.Tensor:
@@ -134,11 +129,7 @@ class TestCases(Dataset):
                 "native_shape": vol.shape}
 
 
-def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    return batch[0]
-
-
-class PatchDataModule(pl.LightningDataModule):
+class PatchDataModule(CaseDataModule):
     """3D patch training on cases from any :mod:`segbench.data.sources` source.
 
     Args:
@@ -167,17 +158,10 @@ class PatchDataModule(pl.LightningDataModule):
                  target_spacing: Sequence[float | None] | None = None, cache_dir: str | None = None,
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None):
-        super().__init__()
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
-        self.source = source
-        self.class_names = list(class_names)
-        if num_classes is not None and int(num_classes) != len(self.class_names):
-            raise ConfigError(f"data.num_classes={num_classes} but data.class_names has "
-                              f"{len(self.class_names)} names; make them agree")
-        if len(window) != 2 or not float(window[0]) < float(window[1]):
-            raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
+        super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ConfigError(f"data.patch_size must be [Z, Y, X] voxels, got {list(patch_size)}")
@@ -189,8 +173,6 @@ class PatchDataModule(pl.LightningDataModule):
                            ("val_samples_per_volume", val_samples_per_volume)):
             if int(value) < 1:
                 raise ConfigError(f"data.{key} must be >= 1, got {value}")
-        self.split_spec = dict(split)
-        self.window = [float(window[0]), float(window[1])]
         self.samples_per_volume = int(samples_per_volume)
         self.foreground_prob = float(foreground_prob)
         self.batch_size = int(batch_size)
@@ -198,30 +180,12 @@ class PatchDataModule(pl.LightningDataModule):
         self.augment = dict(augment or {})
         self.validation = validation
         self.val_samples_per_volume = int(val_samples_per_volume)
-        self.target_spacing = check_target_spacing(target_spacing)
-        self.name = name
-        self.cache = None
-        if cache_dir:
-            from .cache import PreprocessCache
-
-            self.cache = PreprocessCache(cache_dir, source)
-        self.splits: dict[str, list[str]] = {}
-        self._refs: dict[str, CaseRef] = {}
-        self.train_set = self.val_set = None
-        self.val_case_ids: list[str] = []
-        self.test_volumes: list[Volume] = []
         self._overlays: FixedPatches | None = None
         self._val_arrays: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
     # -- setup -----------------------------------------------------------------------------------------------
-    def prepare_data(self) -> None:
-        self.source.prepare()
-
     def setup(self, stage: str | None = None) -> None:
-        if not self.splits:
-            refs = self.source.cases()
-            self._refs = {r.case_id: r for r in refs}
-            self.splits = resolve_split([r.case_id for r in refs], self.split_spec)
+        self._resolve_splits()
         if stage in (None, "fit") and self.train_set is None:
             images, labels = self._tensors(self.splits["train"])
             self.train_set = PatchDataset(images, labels, self.samples_per_volume,
@@ -234,29 +198,8 @@ class PatchDataModule(pl.LightningDataModule):
                                                 self.foreground_prob)
                 else:
                     self.val_set = WholeCases(*self._val_arrays)
-        if stage in (None, "test") and not self.test_volumes:
-            if not self.splits["test"]:
-                raise DataError("data.split.test is empty; give it at least one case to evaluate")
-            self.test_volumes = [self._prepared(c) for c in self.splits["test"]]
-
-    def _prepared(self, case_id: str) -> Volume:
-        """Load, resample to ``target_spacing``, intensities to [0, 1] (cached when ``cache_dir`` is set)."""
-        def build():
-            vol = self.source.load(self._refs[case_id])
-            if vol.label is None:
-                raise DataError(f"case {case_id} has no label file; training and testing need labels")
-            vol = resample_volume(vol, self.target_spacing)
-            return ({"image": unit_image(vol, self.window), "label": vol.label},
-                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist()})
-
-        if self.cache is None:
-            arrays, meta = build()
-        else:
-            params = {"window": self.window, "target_spacing": self.target_spacing}
-            arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", params, build)
-        return Volume(case_id, np.ascontiguousarray(arrays["image"], np.float32),
-                      np.ascontiguousarray(arrays["label"], np.uint8), tuple(meta["spacing"]),
-                      np.asarray(meta["affine"]), normalized=True)
+        if stage in (None, "test"):
+            self._load_test_volumes()
 
     def _tensors(self, case_ids: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         images, labels = [], []
@@ -291,10 +234,4 @@ class PatchDataModule(pl.LightningDataModule):
         return DataLoader(self.val_set, batch_size=batch, shuffle=False, num_workers=0)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(TestCases(self.test_volumes), batch_size=1, collate_fn=_first, num_workers=0)
-
-    def write_splits(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.splits, indent=2))
-        tmp.replace(path)
+        return DataLoader(TestCases(self.test_volumes), batch_size=1, collate_fn=first_item, num_workers=0)
