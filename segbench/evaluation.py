@@ -23,7 +23,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -80,9 +80,6 @@ class CaseEvaluator:
             rows.append(row)
         self.rows.extend(rows)
         return rows
-
-    def extend(self, rows: Iterable[dict]) -> None:
-        self.rows.extend(rows)
 
     def summary(self) -> dict[str, Any]:
         return summarize(self.rows, [self.class_names[i] for i in self.labels], self.convention)

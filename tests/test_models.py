@@ -4,7 +4,6 @@ that names both sides. Also the speed options: bf16 autocast, channels-last, tor
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
