@@ -10,7 +10,10 @@ Each loss is built with its default options (``build_loss(name, num_classes=9,
 class_names=...)``); the MONAI column uses the equivalent configuration (same
 formula and options) or the nearest MONAI class, named in the table. Time is the
 median of ``--repeats`` runs after ``--warmup`` runs, with ``torch.cuda.synchronize``
-on CUDA. Ratio = MONAI ms / ours ms (> 1: ours is faster).
+on CUDA. Ratio = MONAI ms / ours ms (> 1: ours is faster). For the losses whose
+distance maps depend on the target alone (boundary, hausdorff_dt, dpce) the column
+"with loader maps" times the step when the data loader has precomputed those maps
+(``data.precompute_loss_maps=true``): what is left on the training device.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def monai_equivalents(num_classes: int) -> dict[str, tuple[str, Callable]]:
 
     common = dict(to_onehot_y=True, softmax=True)
     gdl = ml.GeneralizedDiceLoss(include_background=False, **common)
-    return {
+    dice_no_bg = ml.DiceLoss(include_background=False, **common)
+    hd = ml.HausdorffDTLoss(include_background=False, **common)
+    equivalents = {
         "ce": ("torch F.cross_entropy", lambda x, t: F.cross_entropy(x, t)),
         "dice": ("DiceLoss", with_channel(ml.DiceLoss(**common))),
         "jaccard": ("DiceLoss(jaccard=True)", with_channel(ml.DiceLoss(jaccard=True, **common))),
@@ -60,10 +65,18 @@ def monai_equivalents(num_classes: int) -> dict[str, tuple[str, Callable]]:
                        with_channel(ml.DiceFocalLoss(include_background=False, **common))),
         "ce_gd": ("F.cross_entropy + GeneralizedDiceLoss(no bg)",
                   lambda x, t: F.cross_entropy(x, t) + gdl(x, t.unsqueeze(1))),
+        # distance-map losses: MONAI computes the maps with scipy (cuCIM when installed) each step
+        "hausdorff_dt": ("HausdorffDTLoss + DiceLoss (no bg)",
+                         lambda x, t: hd(x, t.unsqueeze(1)) + dice_no_bg(x, t.unsqueeze(1))),
         "generalized_wasserstein_dice": (
             "GeneralizedWassersteinDiceLoss",
             ml.GeneralizedWassersteinDiceLoss(dist_matrix=1 - torch.eye(num_classes))),
     }
+    if hasattr(ml, "BoundaryLoss"):  # MONAI >= 1.5; segbench's boundary at epoch 0: .99 Dice + .01 L_B
+        dice, boundary = ml.DiceLoss(**common), ml.BoundaryLoss(include_background=False, **common)
+        equivalents["boundary"] = ("0.99 DiceLoss + 0.01 BoundaryLoss",
+                                   lambda x, t: 0.99 * dice(x, t.unsqueeze(1)) + 0.01 * boundary(x, t.unsqueeze(1)))
+    return equivalents
 
 
 def time_fns(fns: list[Callable], logits: torch.Tensor, target: torch.Tensor, repeats: int,
@@ -122,15 +135,22 @@ def main(argv: list[str] | None = None) -> int:
             loss = build_loss(name, num_classes=shape[1], class_names=CLASS_NAMES).to(device)
             reference = references.get(name, ("-", None))
             fns = [loss] + ([reference[1]] if reference[1] is not None else [])
+            builder = loss.map_builder(shape[1])
+            if builder is not None:  # maps as the loader would hand them over, already on the device
+                maps = loader_maps(builder, target)
+                fns.append(lambda x, t, loss=loss, maps=maps: loss(x, t, maps=maps))
             try:
                 timings = time_fns(fns, logits, target, args.repeats, args.warmup)
             except Exception as error:  # a loss that cannot run at this size is reported, not fatal
                 print(f"{name} [{shape_name}] failed: {error}", file=sys.stderr)
                 timings = [float("nan")] * len(fns)
-            ours, ref_ms = timings[0], (timings[1] if len(timings) > 1 else None)
-            rows.append({"shape": shape_name, "loss": name, "ours_ms": ours, "monai": reference[0],
-                         "monai_ms": ref_ms, "ratio": None if ref_ms is None else ref_ms / ours})
-            print(f"{shape_name} {name:30s} {ours:9.1f} ms" + ("" if ref_ms is None else
+            ours = timings[0]
+            ref_ms = timings[1] if reference[1] is not None else None
+            maps_ms = timings[-1] if builder is not None else None
+            rows.append({"shape": shape_name, "loss": name, "ours_ms": ours, "loader_maps_ms": maps_ms,
+                         "monai": reference[0], "monai_ms": ref_ms, "ratio": None if ref_ms is None else ref_ms / ours})
+            print(f"{shape_name} {name:30s} {ours:9.1f} ms" + ("" if maps_ms is None else
+                  f"   with loader maps {maps_ms:9.1f} ms") + ("" if ref_ms is None else
                   f"   {reference[0]} {ref_ms:9.1f} ms"), file=sys.stderr, flush=True)
 
     header = f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, " \
@@ -148,13 +168,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def loader_maps(builder, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The loss's target-only maps, sample by sample on the CPU as the loader's workers compute
+    them, stacked and moved to the target's device."""
+    samples = [builder(label) for label in target.cpu()]
+    return {key: torch.stack([s[key] for s in samples]).to(target.device) for key in samples[0]}
+
+
 def to_markdown(rows: list[dict], header: str) -> str:
-    lines = [header, "", "| shape | loss | ours ms | MONAI equivalent | MONAI ms | ratio (MONAI/ours) |",
-             "|---|---|---:|---|---:|---:|"]
+    lines = [header, "", "| shape | loss | ours ms | with loader maps ms | MONAI equivalent | MONAI ms "
+             "| ratio (MONAI/ours) |", "|---|---|---:|---:|---|---:|---:|"]
     for r in rows:
+        maps_ms = "-" if r["loader_maps_ms"] is None else f"{r['loader_maps_ms']:.1f}"
         monai_ms = "-" if r["monai_ms"] is None else f"{r['monai_ms']:.1f}"
         ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}"
-        lines.append(f"| {r['shape']} | {r['loss']} | {r['ours_ms']:.1f} | {r['monai']} | {monai_ms} | {ratio} |")
+        lines.append(f"| {r['shape']} | {r['loss']} | {r['ours_ms']:.1f} | {maps_ms} | {r['monai']} | {monai_ms} "
+                     f"| {ratio} |")
     return "\n".join(lines)
 
 

@@ -103,7 +103,7 @@ class SegModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["label"])
+        loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"))
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits),
                  sync_dist=True)
         for key, value in self.loss_fn.log_values().items():

@@ -45,6 +45,14 @@ def build(cfg: DictConfig):
                        channels_last=bool(cfg.get("channels_last", False)) and int(cfg.data.spatial_dims) == 2,
                        inference=OmegaConf.to_container(cfg.inference, resolve=True) if "inference" in cfg else None)
     datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
+    if datamodule.precompute_loss_maps:
+        datamodule.loss_maps = module.loss_fn.map_builder(datamodule.num_classes)
+        if datamodule.loss_maps is None:
+            print(f"data.precompute_loss_maps: loss {cfg.loss.name} uses no target distance maps; "
+                  "nothing to precompute")
+        else:
+            print("training loader precomputes the loss's maps: "
+                  + ", ".join(m.key for m in datamodule.loss_maps.maps))
     return datamodule, module
 
 

@@ -130,6 +130,24 @@ def test_boundary_region_loss_by_name_and_options():
     close(loss(logits, LINE_TARGET), 0.99 * float(gd(logits, LINE_TARGET)) + 0.01 * 0.05)
 
 
+@pytest.mark.parametrize("dim", SPATIAL)
+def test_boundary_term_matches_monai(dim):
+    # MONAI >= 1.5 ships BoundaryLoss with the same LIVIA map (-(edt(G) - 1) inside, edt(~G) outside,
+    # 0 for a class without a boundary) and mean reduction over batch, classes and voxels
+    monai_losses = pytest.importorskip("monai.losses")
+    if not hasattr(monai_losses, "BoundaryLoss"):
+        pytest.skip("this MONAI has no BoundaryLoss")
+    logits, target = blob_batch(SPATIAL[dim], seed=3)
+    loss = build_loss("boundary", num_classes=4)
+    theirs = monai_losses.BoundaryLoss(include_background=False, to_onehot_y=True, softmax=True)
+    expected = float(theirs(logits, target.unsqueeze(1)))
+    close(loss.terms["boundary"](logits, target), expected)
+    assert abs(expected) > 1e-3  # a real comparison, not 0 == 0
+    # the compound at epoch 0: .99 * Dice (background included, segbench's dice default) + .01 * L_B
+    dice = monai_losses.DiceLoss(to_onehot_y=True, softmax=True)
+    close(loss(logits, target), 0.99 * float(dice(logits, target.unsqueeze(1))) + 0.01 * expected)
+
+
 def test_distance_maps_do_not_depend_on_the_edt_kernel(monkeypatch):
     # on the CPU the maps come from scipy's compiled EDT; on CUDA from the torch kernels. Forcing the
     # torch envelope kernel (what a GPU run computes) must give the same loss values.

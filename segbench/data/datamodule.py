@@ -88,9 +88,10 @@ class SliceSet:
 class SliceDataset(Dataset):
     """2D training / validation samples with optional MONAI augmentation."""
 
-    def __init__(self, slices: SliceSet, transform=None):
+    def __init__(self, slices: SliceSet, transform=None, maps=None):
         self.slices = slices
         self.transform = transform
+        self.maps = maps
 
     def __len__(self) -> int:
         return len(self.slices.labels)
@@ -101,9 +102,10 @@ class SliceDataset(Dataset):
             sample = self.transform(sample)
         # plain tensors: MONAI's MetaTensor would follow the batch through the network and slow
         # every forward/backward by ~2x (it dispatches through __torch_function__ for each op)
-        return {"image": convert_to_tensor(sample["image"], track_meta=False).float(),
-                "label": convert_to_tensor(sample["label"], track_meta=False)[0].round().long(),
-                "case_index": self.slices.case_index[i]}
+        out = {"image": convert_to_tensor(sample["image"], track_meta=False).float(),
+               "label": convert_to_tensor(sample["label"], track_meta=False)[0].round().long(),
+               "case_index": self.slices.case_index[i]}
+        return with_loss_maps(out, self.maps)
 
 
 class VolumeDataset(Dataset):
@@ -123,6 +125,14 @@ class VolumeDataset(Dataset):
         return {"case_id": vol.case_id, "image": torch.from_numpy(slices)[:, None],
                 "label": torch.from_numpy(vol.label), "spacing": vol.spacing,
                 "affine": vol.affine, "native_shape": vol.shape}
+
+
+def with_loss_maps(sample: dict[str, Any], maps) -> dict[str, Any]:
+    """Add the loss's target-only maps of ``sample["label"]`` (``maps``: a
+    :class:`~segbench.losses.maps.TargetMapBuilder`, or ``None``: nothing to add)."""
+    if maps is not None:
+        sample["maps"] = maps(sample["label"])
+    return sample
 
 
 def first_item(batch: list[dict[str, Any]]) -> dict[str, Any]:
@@ -225,8 +235,14 @@ class CaseDataModule(pl.LightningDataModule):
 
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float],
                  num_classes: int | None, name: str, cache_dir: str | None,
-                 target_spacing: Sequence[float | None] | None):
+                 target_spacing: Sequence[float | None] | None, precompute_loss_maps: bool = False):
         super().__init__()
+        if not isinstance(precompute_loss_maps, bool):
+            raise ConfigError(f"data.precompute_loss_maps must be true or false, got {precompute_loss_maps!r}")
+        self.precompute_loss_maps = precompute_loss_maps
+        # set by segbench.train when precompute_loss_maps: the loss's TargetMapBuilder, called by the
+        # training datasets on every sample after augmentation / cropping (segbench.losses.maps)
+        self.loss_maps = None
         self.source = source
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names) if num_classes is None else int(num_classes)
@@ -337,8 +353,9 @@ class SegDataModule(CaseDataModule):
                  augment: dict[str, float] | None = None, spatial_dims: int = 2, num_classes: int | None = None,
                  name: str = "dataset", slices_with_foreground_only: bool = False,
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
-                 target_spacing: Sequence[float | None] | None = None):
-        super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing)
+                 target_spacing: Sequence[float | None] | None = None, precompute_loss_maps: bool = False):
+        super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
+                         precompute_loss_maps)
         if int(img_size) < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {img_size}")
         if int(batch_size) < 1:
@@ -357,7 +374,7 @@ class SegDataModule(CaseDataModule):
         self._resolve_splits()
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = SliceDataset(self._slices(self.splits["train"], self.slices_with_foreground_only),
-                                          self._train_transform())
+                                          self._train_transform(), self.loss_maps)
             if self.splits["val"]:
                 self.val_case_ids = list(self.splits["val"])
                 self.val_set = SliceDataset(self._slices(self.val_case_ids, False, "val"))

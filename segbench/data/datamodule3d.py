@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .datamodule import CaseDataModule, first_item, build_augmentation
+from .datamodule import CaseDataModule, build_augmentation, first_item, with_loss_maps
 from .volume import Volume
 
 
@@ -56,11 +56,12 @@ class PatchDataset(Dataset):
     """``samples_per_volume`` random patches per case; item ``i`` comes from case ``i // samples_per_volume``."""
 
     def __init__(self, images: list[torch.Tensor], labels: list[torch.Tensor], samples_per_volume: int,
-                 crop, augment=None):
+                 crop, augment=None, maps=None):
         self.images, self.labels = images, labels   # (1, Z, Y, X) float32 / uint8
         self.samples_per_volume = samples_per_volume
         self.crop = crop
         self.augment = augment
+        self.maps = maps
 
     def __len__(self) -> int:
         return len(self.images) * self.samples_per_volume
@@ -71,8 +72,8 @@ class PatchDataset(Dataset):
         sample = {"image": sample["image"], "label": sample["label"].float()}
         if self.augment is not None:
             sample = self.augment(sample)
-        return {"image": _plain(sample["image"]).float(), "label": _plain(sample["label"])[0].round().long(),
-                "case_index": case}
+        return with_loss_maps({"image": _plain(sample["image"]).float(),
+                               "label": _plain(sample["label"])[0].round().long(), "case_index": case}, self.maps)
 
 
 class FixedPatches(Dataset):
@@ -157,11 +158,13 @@ class PatchDataModule(CaseDataModule):
                  validation: str = "sliding_window", val_samples_per_volume: int = 4,
                  target_spacing: Sequence[float | None] | None = None, cache_dir: str | None = None,
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
-                 img_size: int | None = None, root: str | None = None, phantom: dict | None = None):
+                 img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
+                 precompute_loss_maps: bool = False):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
-        super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing)
+        super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
+                         precompute_loss_maps)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ConfigError(f"data.patch_size must be [Z, Y, X] voxels, got {list(patch_size)}")
@@ -189,7 +192,8 @@ class PatchDataModule(CaseDataModule):
         if stage in (None, "fit") and self.train_set is None:
             images, labels = self._tensors(self.splits["train"])
             self.train_set = PatchDataset(images, labels, self.samples_per_volume,
-                                          crop_transform(self.patch_size, self.foreground_prob), self._augment())
+                                          crop_transform(self.patch_size, self.foreground_prob), self._augment(),
+                                          self.loss_maps)
             if self.splits["val"]:
                 self.val_case_ids = list(self.splits["val"])
                 self._val_arrays = self._tensors(self.val_case_ids)

@@ -12,6 +12,8 @@ AFW-Dice loss of Guo et al. 2024). ``base.py`` holds the shared quantities.
 from . import afw, compound, distribution, region  # noqa: F401  (registration)
 from . import boundary  # noqa: F401
 from .base import LossInputs, SegLoss
+from .maps import TargetMap, TargetMapBuilder
 from .registry import LOSSES, available_losses, build_loss, loss_options, register_loss
 
-__all__ = ["SegLoss", "LossInputs", "LOSSES", "available_losses", "build_loss", "loss_options", "register_loss"]
+__all__ = ["SegLoss", "LossInputs", "TargetMap", "TargetMapBuilder", "LOSSES", "available_losses", "build_loss",
+           "loss_options", "register_loss"]

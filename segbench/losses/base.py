@@ -33,6 +33,8 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from .maps import TargetMap, TargetMapBuilder
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -190,10 +192,12 @@ class LossInputs:
         logits: ``[B, C, *spatial]`` float32.
         target: ``[B, *spatial]`` long, ignored voxels set to 0.
         valid: ``[B, *spatial]`` bool mask of the voxels that count, or ``None`` (all count).
+        maps: target-only maps handed in by the caller (the data pipeline), keyed by
+            :attr:`TargetMap.key`, or ``None``; read through :meth:`target_map`.
     """
 
     def __init__(self, logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int | None = None,
-                 log_domain: bool = False):
+                 log_domain: bool = False, maps: dict[str, torch.Tensor] | None = None):
         target = normalize_target(logits, target)
         check_label_range(target, logits.shape[1], ignore_index)
         self.logits = logits.float()
@@ -211,6 +215,25 @@ class LossInputs:
             self.valid = None
             self.target = target
         self._counts: dict[tuple[bool, bool], SoftCounts] = {}
+        self.maps = maps
+        self._maps: dict[str, torch.Tensor] = {}
+
+    def target_map(self, spec: TargetMap) -> torch.Tensor:
+        """The map ``spec`` of this target (float32, no gradient): the caller's precomputed one
+        when ``maps`` holds it, otherwise computed here on the target's device; once per step."""
+        if spec.key not in self._maps:
+            given = None if self.maps is None else self.maps.get(spec.key)
+            if given is not None:
+                expected = spec.shape(self.target.shape, self.num_classes)
+                if tuple(given.shape) != expected:
+                    raise ValueError(f"maps[{spec.key!r}] has shape {tuple(given.shape)}, expected {expected} for "
+                                     f"this target; it was computed for another label map or loss")
+                value = given.to(device=self.target.device, dtype=torch.float32)
+            else:
+                with torch.no_grad():
+                    value = spec.compute(self.target, self.num_classes, self.valid)
+            self._maps[spec.key] = value
+        return self._maps[spec.key]
 
     # per-voxel quantities ------------------------------------------------------------------
     @cached_property
@@ -346,15 +369,30 @@ class SegLoss(nn.Module):
         """
         return 0.0
 
-    def make_inputs(self, logits: torch.Tensor, target: torch.Tensor) -> LossInputs:
-        return LossInputs(logits, target, ignore_index=self.ignore_index, log_domain=self.needs_log_probs)
+    def target_maps(self) -> list[TargetMap]:
+        """The target-only maps :meth:`compute` reads (:mod:`segbench.losses.maps`); none by default."""
+        return []
+
+    def map_builder(self, num_classes: int) -> TargetMapBuilder | None:
+        """What the data pipeline calls to precompute :meth:`target_maps` per sample; ``None``
+        when the loss uses none."""
+        maps = tuple(self.target_maps())
+        return TargetMapBuilder(maps, int(num_classes), self.ignore_index) if maps else None
+
+    def make_inputs(self, logits: torch.Tensor, target: torch.Tensor,
+                    maps: dict[str, torch.Tensor] | None = None) -> LossInputs:
+        return LossInputs(logits, target, ignore_index=self.ignore_index, log_domain=self.needs_log_probs,
+                          maps=maps)
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                maps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The loss of ``logits`` against ``target``; ``maps``: precomputed target-only maps
+        (:meth:`map_builder`'s output, batched), used instead of computing them here."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self.compute(self.make_inputs(logits, target))
+            return self.compute(self.make_inputs(logits, target, maps))
 
     def prepare(self, logits: torch.Tensor, target: torch.Tensor,
                 ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -401,6 +439,9 @@ class CompoundLoss(SegLoss):
     def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
         for term in self.terms.values():
             term.on_train_epoch_start(epoch, max_epochs)
+
+    def target_maps(self) -> list[TargetMap]:
+        return list(dict.fromkeys(spec for term in self.terms.values() for spec in term.target_maps()))
 
     def log_values(self) -> dict[str, float]:
         values = {}

@@ -8,6 +8,10 @@ taxonomy: Dice = ``|dS| / (|S| + |G|)``, boundary loss = integral of ``D_G`` ove
 Every distance map is computed **on the logits' device, inside ``forward``,
 under ``no_grad``**, by the exact torch EDT of :mod:`segbench.ops.edt` - no
 per-step scipy round trip through the CPU (the usual implementations' stall).
+The maps that depend on the target alone (``boundary``'s ``phi_G``, the
+ground-truth half of ``hausdorff_dt``, ``dpce``'s penalty) can instead come
+precomputed from the data loader (``data.precompute_loss_maps=true``,
+:mod:`segbench.losses.maps`).
 Distances are in voxels unless a loss's ``spacing`` option gives a voxel size
 (then in the spacing's unit). A class without a boundary in a sample (absent,
 or filling it) has an all-zero map.
@@ -36,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.edt import distance_transform_edt, signed_distance, unsigned_distance
+from ..ops.edt import unsigned_distance
 from .base import CompoundLoss, LossInputs, SegLoss, check_option, is_sequence
+from .maps import TargetMap
 from .distribution import CrossEntropyLoss
 from .region import DiceLoss
 from .registry import build_loss, register_loss
@@ -147,22 +152,16 @@ class BoundaryTerm(SegLoss):
 
     def __init__(self, spacing=None):
         super().__init__()
-        self.spacing = _check_spacing(spacing)
+        self.phi = TargetMap("signed", include_background=False, spacing=_check_spacing(spacing))
+
+    def target_maps(self) -> list[TargetMap]:
+        return [self.phi]
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        spacing = _spacing_for(self.spacing, inputs)
-        nd = inputs.logits.dim() - 2
-        with torch.no_grad():
-            phi = signed_distance(inputs.target.unsqueeze(1) == _foreground_ids(inputs), spacing, spatial_dims=nd)
-        return (phi * inputs.probs[:, 1:]).mean()
+        return (inputs.target_map(self.phi) * inputs.probs[:, 1:]).mean()
 
     def perfect_value(self, num_classes: int) -> float | None:
         return None  # -(mean depth of the classes): depends on the target
-
-
-def _foreground_ids(inputs: LossInputs) -> torch.Tensor:
-    nd = inputs.logits.dim() - 2
-    return torch.arange(1, inputs.num_classes, device=inputs.target.device).view(1, -1, *([1] * nd))
 
 
 @register_loss("boundary")
@@ -247,15 +246,19 @@ class HausdorffDTTerm(SegLoss):
         self.alpha = float(check_option("alpha", alpha, low=0.0))
         self.include_background = bool(include_background)
         self.spacing = _check_spacing(spacing)
+        self.d_p = TargetMap("unsigned", include_background=self.include_background, spacing=self.spacing)
+
+    def target_maps(self) -> list[TargetMap]:
+        return [self.d_p]
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
         spacing = _spacing_for(self.spacing, inputs)
         p = _pick(inputs.onehot, self.include_background)
         q = _pick(inputs.probs, self.include_background)
+        d_p = inputs.target_map(self.d_p)
         with torch.no_grad():
-            masks = torch.stack([p > 0.5, q > 0.5])  # one EDT call for both maps
-            d = unsigned_distance(masks, spacing, spatial_dims=inputs.logits.dim() - 2)
-            weight = d[0].pow(self.alpha) + d[1].pow(self.alpha)
+            d_q = unsigned_distance(q > 0.5, spacing, spatial_dims=inputs.logits.dim() - 2)
+            weight = d_p.pow(self.alpha) + d_q.pow(self.alpha)
         return ((p - q).square() * weight).mean()
 
 
@@ -741,24 +744,14 @@ class DistancePenalizedCELoss(SegLoss):
     def __init__(self, spacing=None):
         super().__init__()
         self.spacing = _check_spacing(spacing)
+        self.phi = TargetMap("penalty", spacing=self.spacing)
+
+    def target_maps(self) -> list[TargetMap]:
+        return [self.phi]
 
     def penalty_map(self, inputs: LossInputs) -> torch.Tensor:
-        """``Phi``, ``[B, *spatial]``."""
-        spacing = _spacing_for(self.spacing, inputs)
-        nd = inputs.logits.dim() - 2
-        with torch.no_grad():
-            classes = torch.arange(inputs.num_classes, device=inputs.target.device).view(1, -1, *([1] * nd))
-            masks = inputs.target.unsqueeze(1) == classes            # [B, C, *spatial]
-            flat = masks.flatten(2)
-            has_boundary = flat.any(2) & ~flat.all(2)
-            depth = torch.zeros(masks.shape, dtype=torch.float32, device=masks.device)
-            sel = has_boundary.nonzero(as_tuple=True)
-            if sel[0].numel() > 0:
-                depth[sel] = distance_transform_edt(masks[sel], spacing, spatial_dims=nd, dtype=torch.float32)
-            deepest = depth.flatten(2).amax(2)                       # [B, C]; 0: no boundary / absent
-            d = depth.gather(1, inputs.target.unsqueeze(1)).squeeze(1)
-            m = deepest.gather(1, inputs.target.flatten(1)).view_as(d)
-            return torch.where(m > 0, (m - d) / m.clamp_min(1e-12), torch.zeros_like(d))
+        """``Phi``, ``[B, *spatial]`` (:func:`segbench.losses.maps.penalty_map`)."""
+        return inputs.target_map(self.phi)
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
         return ((1 + self.penalty_map(inputs)) * -inputs.target_log_prob).mean()
