@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['model']:15s} {row['dims']} {row['input']:>16s} {row['params_M']:>8s} M "
                   f"{row['ms_per_step']:>8s} ms  {row['note']}", flush=True)
     header = f"forward + backward per batch, {args.precision}, {what}, median of {args.repeats}"
-    table = [f"| model | dims | input (B x C x spatial) | parameters (M) | ms / step | note |",
+    table = ["| model | dims | input (B x C x spatial) | parameters (M) | ms / step | note |",
              "|---|---|---|---|---|---|"]
     table += [f"| {r['model']} | {r['dims']} | {r['input']} | {r['params_M']} | {r['ms_per_step']} | {r['note']} |"
               for r in rows]
