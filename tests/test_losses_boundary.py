@@ -217,6 +217,40 @@ def test_hausdorff_er_min_erosion_by_hand():
     close(loss(logits, target), 1 / 25, rel=1e-4)
 
 
+def _eroded_by_views(x: torch.Tensor) -> torch.Tensor:
+    """Reference erosion: minimum of the voxel and its 2 nd face neighbours, 0 outside."""
+    nd = x.dim() - 1
+    padded = F.pad(x.unsqueeze(1), [1, 1] * nd).squeeze(1)
+    centre = [slice(None)] + [slice(1, -1)] * nd
+    out = padded[tuple(centre)]
+    for a in range(nd):
+        for window in (slice(0, -2), slice(2, None)):
+            view = list(centre)
+            view[1 + a] = window
+            out = torch.minimum(out, padded[tuple(view)])
+    return out
+
+
+@pytest.mark.parametrize("spatial", [(9, 11), (5, 7, 6)], ids=["2d", "3d"])
+def test_min_erosion_weights_equal_the_differentiable_erosion_chain(spatial):
+    # distinct positive values (no ties, none with the 0 outside): sum_k k^a sum_i erode^k(x)_i and
+    # its gradient, through autograd of the plain min chain, against the linear form x * W
+    from segbench.losses.boundary import min_erosion_weights
+
+    n = math.prod(spatial)
+    order = torch.randperm(2 * n, generator=torch.Generator().manual_seed(0)).float()
+    x = (1 + order / (2 * n)).view(2, *spatial)
+    ref_x = x.clone().requires_grad_(True)
+    level, total = ref_x, 0.0
+    for k in range(1, 5):
+        level = _eroded_by_views(level)
+        total = total + k ** 2.0 * level.sum()
+    total.backward()
+    weights = min_erosion_weights(x, len(spatial), 4, 2.0)
+    assert float((x * weights).sum()) == pytest.approx(float(total), rel=1e-6)
+    assert torch.equal(weights, ref_x.grad)
+
+
 def test_hausdorff_er_soft_erosion_by_hand():
     # 3 x 3 error square in a 5 x 5 image, one soft erosion (cross / 5, max(x - .5, 0), rescale to [0, 1]):
     #   centre 5/5 -> .5, edge middles 4/5 -> .3, corners 3/5 -> .1, outside <= 1/5 -> 0
