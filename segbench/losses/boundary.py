@@ -42,8 +42,8 @@ from torch import nn
 
 from ..ops.edt import unsigned_distance
 from .base import CompoundLoss, LossInputs, SegLoss, check_option, is_sequence
-from .maps import TargetMap
 from .distribution import CrossEntropyLoss
+from .maps import TargetMap
 from .region import DiceLoss
 from .registry import build_loss, register_loss
 
@@ -351,23 +351,16 @@ def min_erosion_weights(x: torch.Tensor, nd: int, levels: int, alpha: float) -> 
     """
     m, spatial = x.shape[0], x.shape[1:]
     n = x[0].numel()
-    values = x
-    index = torch.arange(n, device=x.device).view(1, *spatial).expand(m, *spatial)  # outside: n
+    values = x.unsqueeze(1)  # [M, 1, *spatial], the layout of _cross_neighbours
+    index = torch.arange(n, device=x.device).view(1, 1, *spatial).expand(m, 1, *spatial)  # outside: n
     weights = torch.zeros(m, n + 1, device=x.device, dtype=x.dtype)
-    centre = [slice(None)] + [slice(1, -1)] * nd
     for k in range(1, levels + 1):
-        padded_values = F.pad(values.unsqueeze(1), [1, 1] * nd, value=0.0).squeeze(1)
-        padded_index = F.pad(index.unsqueeze(1), [1, 1] * nd, value=n).squeeze(1)
-        best_value, best_index = values, index
-        for a in range(nd):
-            for window in (slice(0, -2), slice(2, None)):
-                view = list(centre)
-                view[1 + a] = window
-                neighbour = padded_values[tuple(view)]
-                take = neighbour < best_value
-                best_value = torch.where(take, neighbour, best_value)
-                best_index = torch.where(take, padded_index[tuple(view)], best_index)
-        values, index = best_value, best_index
+        value_views, index_views = _cross_neighbours(values, nd, 0.0), _cross_neighbours(index, nd, n)
+        values, index = value_views[0], index_views[0]  # the voxel itself first
+        for neighbour, neighbour_index in zip(value_views[1:], index_views[1:]):
+            take = neighbour < values
+            values = torch.where(take, neighbour, values)
+            index = torch.where(take, neighbour_index, index)
         weights.scatter_add_(1, index.reshape(m, n), weights.new_full((1, 1), float(k) ** alpha).expand(m, n))
     return weights[:, :n].view(m, *spatial)
 
