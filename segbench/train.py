@@ -203,5 +203,30 @@ def main(cfg: DictConfig) -> float | None:
     return objective(summary, metric)
 
 
-if __name__ == "__main__":
+def missing_plugin(argv: list[str]) -> str | None:
+    """The one-line error for an override that needs a Hydra plugin this install lacks, or None.
+
+    Hydra composes the config before any segbench code runs, so without this check a missing
+    plugin surfaces as Hydra's "Could not find 'hydra/sweeper/optuna'".
+    """
+    import importlib.util
+
+    wants_optuna = any((a.startswith("hparams_search=") and a != "hparams_search=null")
+                       or a.replace(" ", "") == "hydra/sweeper=optuna" for a in argv)
+    if wants_optuna and importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None:
+        return ("hparams_search needs the Optuna sweeper (hydra-optuna-sweeper), an optional dependency: "
+                "pip install -e \".[optuna]\"")
+    return None
+
+
+def cli() -> None:
+    """``segbench-train``: :func:`main` behind the checks Hydra's composition cannot make."""
+    error = missing_plugin(sys.argv[1:])
+    if error is not None:
+        print(f"segbench-train: error: {error}", file=sys.stderr)
+        sys.exit(1)
     main()
+
+
+if __name__ == "__main__":
+    cli()

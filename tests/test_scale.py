@@ -218,3 +218,24 @@ def test_optuna_search_runs_trials_and_reports_the_best(phantom_dir, tmp_path, e
     # the optimised value is each trial's best validation Dice (optimized_metric: val/dice)
     assert best["best_value"] == pytest.approx(max(trials)[0])
     assert best["best_params"]["loss.gamma"] == pytest.approx(max(trials)[1])
+
+
+def test_a_missing_optuna_plugin_is_named_with_its_install_command(monkeypatch, capsys):
+    import importlib.util
+
+    from segbench import train
+
+    real = importlib.util.find_spec
+    assert train.missing_plugin(["hparams_search=afw_optuna"]) is None  # installed with the dev extra
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "hydra_plugins.hydra_optuna_sweeper" else real(name, *a))
+    message = train.missing_plugin(["data=phantom", "hparams_search=afw_optuna"])
+    assert message is not None and 'pip install -e ".[optuna]"' in message
+    assert train.missing_plugin(["hydra/sweeper=optuna"]) == message
+    assert train.missing_plugin(["loss=afw_dice", "hparams_search=null"]) is None
+    # and the command line stops on it in one line, before Hydra composes anything
+    monkeypatch.setattr(sys, "argv", ["segbench-train", "hparams_search=afw_optuna"])
+    with pytest.raises(SystemExit) as stop:
+        train.cli()
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == f"segbench-train: error: {message}\n"
