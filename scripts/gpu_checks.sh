@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU checks of the loss library and the metrics, in one run on a CUDA machine: the CUDA tests, then
+# bench_losses (every loss beside MONAI, 2D and 3D), bench_metrics (the CUDA path, its agreement with the
+# CPU path to 1e-6 mm, MONAI beside it), bench_edt (the EDT kernels and the boundary losses) and bench_models.
+# Under 9.5 minutes (the step limits add up to 560 s; a device run may take 600 s); a failed or timed-out
+# step does not stop the others. Tables go to $OUT (default gpu_checks/): one .md per step and one log of everything.
+#
+#   bash scripts/gpu_checks.sh --fetch-wheels   # here, with pip: wheels of what a bare CUDA image lacks
+#                                               # (MONAI, nibabel, Hydra) into .whl/ (git-ignored)
+#   bash scripts/gpu_checks.sh                  # there: installs .whl/ if present, then runs the checks
+#   DEVICE=cpu QUICK=1 bash scripts/gpu_checks.sh   # a dry run of the script itself on a CPU
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--fetch-wheels" ]; then
+  set -e
+  mkdir -p .whl
+  py=${WHEEL_PYTHON:-3.12}  # the CUDA image's python3
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version "$py" --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl "monai==1.6.1" "nibabel==5.4.2" "hydra-core==1.3.8" "omegaconf==2.3.1"
+  python3 -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==4.9.3"  # sdist only: build it here
+  ls -1 .whl
+  exit 0
+fi
+
+out=${OUT:-gpu_checks}
+device=${DEVICE:-cuda}
+mkdir -p "$out"
+log="$out/gpu_checks.log"
+: > "$log"
+if ls .whl/*.whl > /dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/segbench-site \
+    .whl/*.whl >> "$log" 2>&1 || { echo "gpu_checks: installing .whl/ failed, see $log"; exit 1; }
+  export PYTHONPATH="/tmp/segbench-site:$PWD"
+else
+  export PYTHONPATH="$PWD"
+fi
+export PYTHONUNBUFFERED=1
+if [ "$device" = cuda ]; then
+  python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" || {
+    echo "gpu_checks: torch sees no CUDA device; run this on a GPU machine (DEVICE=cpu for a dry run)"; exit 1; }
+  nvidia-smi >> "$log" 2>&1
+fi
+python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)" >> "$log" 2>&1
+
+if [ -n "${QUICK:-}" ]; then
+  losses_args=(--losses dice,boundary --shapes 2d --repeats 1 --warmup 0)
+  metrics_args=(--shape 32 128 128 --no-medpy --no-monai --repeats 1)
+  edt_args=(--shapes 2d --repeats 1 --losses --only boundary)
+  models_args=(--models unet --dims 2 --repeats 1 --warmup 0)
+  tests=(tests/test_edt.py)
+else
+  losses_args=(--repeats 5 --warmup 2)  # MONAI's HausdorffDTLoss alone takes ~4 s a call
+  metrics_args=(--no-medpy --repeats 5)
+  edt_args=(--repeats 5 --losses)
+  models_args=(--repeats 5)
+  tests=(tests/test_metrics_torch.py tests/test_edt.py tests/test_loss_maps.py tests/test_losses_boundary.py)
+fi
+
+failed=0
+step() {  # step NAME LIMIT_S COMMAND...: stdout -> $out/NAME.md, stderr -> the log
+  local name=$1 limit=$2
+  shift 2
+  local start=$SECONDS
+  echo "== $name: $*" | tee -a "$log"
+  timeout "$limit" "$@" > "$out/$name.md" 2>> "$log"
+  local rc=$?
+  echo "== $name: rc=$rc, $((SECONDS - start)) s" | tee -a "$log"
+  [ "$rc" -eq 0 ] || failed=1
+}
+
+step tests 120 python3 -m pytest -q -p no:cacheprovider "${tests[@]}"
+step bench_losses 200 python3 scripts/bench_losses.py --device "$device" "${losses_args[@]}"
+step bench_metrics 80 python3 scripts/bench_metrics.py "${metrics_args[@]}"
+step bench_edt 80 python3 scripts/bench_edt.py --devices "$device" "${edt_args[@]}"
+step bench_models 80 python3 scripts/bench_models.py --device "$device" "${models_args[@]}"
+exit "$failed"
