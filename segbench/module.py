@@ -25,6 +25,7 @@ from .errors import ConfigError
 from .evaluation import CaseEvaluator
 from .inference import argmax_at, check_inference, sliding_window_logits
 from .losses import build_loss
+from .losses.consistency import check_consistency, perturbation_consistency
 
 #: Overlay colours per class id (background transparent).
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -51,12 +52,14 @@ class SegModule(pl.LightningModule):
         test: ``{"slice_batch": 32}``: how many slices are predicted at once.
         num_overlays: image / label / prediction overlays logged per validation epoch.
         inference: sliding-window options for whole 3D cases (``roi_size``, ``overlap``, ``mode``, ...).
+        consistency: ``{weight, perturbation, noise_std}``: perturbation consistency added to the
+            training loss (:mod:`segbench.losses.consistency`); weight 0 or ``None`` = off.
     """
 
     def __init__(self, net: nn.Module, loss: dict[str, Any], optimizer: Callable, scheduler: dict[str, Any],
                  class_names: Sequence[str], metrics: dict[str, Any] | None = None,
                  test: dict[str, Any] | None = None, num_overlays: int = 4, channels_last: bool = False,
-                 inference: dict[str, Any] | None = None):
+                 inference: dict[str, Any] | None = None, consistency: dict[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net
@@ -80,6 +83,7 @@ class SegModule(pl.LightningModule):
         # channels-last speeds up 2D convolutions (oneDNN / cuDNN NHWC); 3D networks keep their layout
         self.channels_last = channels_last and any(p.dim() == 4 for p in self.net.parameters())
         self.inference = check_inference(inference)
+        self.consistency = check_consistency(consistency)
         if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._val_stats: torch.Tensor | None = None
@@ -104,6 +108,11 @@ class SegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"))
+        if self.consistency["weight"] > 0:
+            consistency = perturbation_consistency(self, batch["image"], logits, self.consistency["perturbation"],
+                                                   self.consistency["noise_std"])
+            self.log("loss/consistency", consistency, on_step=True, on_epoch=False, batch_size=len(logits))
+            loss = loss + self.consistency["weight"] * consistency
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits),
                  sync_dist=True)
         for key, value in self.loss_fn.log_values().items():

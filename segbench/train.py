@@ -43,7 +43,8 @@ def build(cfg: DictConfig):
                        metrics=OmegaConf.to_container(cfg.metrics), test=OmegaConf.to_container(cfg.test),
                        # NHWC is a layout of 4D tensors: 3D networks (NCDHW) keep the default layout
                        channels_last=bool(cfg.get("channels_last", False)) and int(cfg.data.spatial_dims) == 2,
-                       inference=OmegaConf.to_container(cfg.inference, resolve=True) if "inference" in cfg else None)
+                       inference=OmegaConf.to_container(cfg.inference, resolve=True) if "inference" in cfg else None,
+                       consistency=OmegaConf.to_container(cfg.consistency) if "consistency" in cfg else None)
     datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
     if datamodule.precompute_loss_maps:
         datamodule.loss_maps = module.loss_fn.map_builder(datamodule.num_classes)
