@@ -184,6 +184,41 @@ def test_hausdorff_dt_matches_monai(dim, include_background):
           float(expected + dice(logits, target.unsqueeze(1))), rel=1e-5)
 
 
+def test_hausdorff_dt_no_boundary_extent_by_hand():
+    # the line case with s^1 = .1 everywhere: class 1 is predicted nowhere (q > .5 is empty)
+    # d_p = edt(G) + edt(~G) = [1, 1, 2, 1, 1, 2]; (p - q)^2 = [.01, .81, .81, .81, .01, .01]
+    # zero (MONAI):   weights d_p^2 = [1, 1, 4, 1, 1, 4]        -> (.01 + .81 + 3.24 + .81 + .01 + .04) / 6 = .82
+    # extent:         d_q = sqrt(1^2 + 6^2), d_q^2 = 37         -> weights [38, 38, 41, 38, 38, 41]
+    #                 (.38 + 30.78 + 33.21 + 30.78 + .38 + .41) / 6 = 95.94 / 6 = 15.99
+    logits = binary_logits([[0.1] * 6])
+    zero = build_loss("hausdorff_dt", num_classes=2, lambda_dice=0.0)
+    extent = build_loss("hausdorff_dt", num_classes=2, lambda_dice=0.0, no_boundary="extent")
+    close(zero(logits, LINE_TARGET), 0.82)
+    close(extent(logits, LINE_TARGET), 15.99)
+    # a predicted boundary, or a class absent from the ground truth: both options agree
+    close(extent(binary_logits(LINE_S1), LINE_TARGET), float(zero(binary_logits(LINE_S1), LINE_TARGET)))
+    empty = torch.zeros_like(LINE_TARGET)
+    close(extent(logits, empty), float(zero(logits, empty)))
+    with pytest.raises(ValueError, match="no_boundary"):
+        build_loss("hausdorff_dt", no_boundary="inf")
+
+
+def test_hausdorff_dt_extent_keeps_rising_until_the_organ_is_gone():
+    # a 6 x 6 square organ in a 24 x 24 image, predicted with its first k rows missing (k = 0..6):
+    # MONAI's rule makes the loss drop when the last row goes; 'extent' makes it the largest value
+    target = torch.zeros(1, 24, 24, dtype=torch.long)
+    target[0, 9:15, 9:15] = 1
+    values = {"zero": [], "extent": []}
+    for k in range(7):
+        s1 = torch.full((24, 24), 0.05)
+        s1[9 + k:15, 9:15] = 0.95
+        for rule in values:
+            loss = build_loss("hausdorff_dt", num_classes=2, lambda_dice=0.0, no_boundary=rule)
+            values[rule].append(float(loss(binary_logits(s1), target)))
+    assert values["zero"][6] < values["zero"][5]
+    assert all(a < b for a, b in zip(values["extent"], values["extent"][1:]))
+
+
 def test_hausdorff_dt_with_spacing_uses_the_scaled_maps():
     logits, target = blob_batch((16, 14), classes=2, batch=1, seed=2)
     spacing = (2.0, 0.5)

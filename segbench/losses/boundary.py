@@ -48,6 +48,7 @@ from .region import DiceLoss
 from .registry import build_loss, register_loss
 
 SCHEDULES = ("rebalance", "increase")
+NO_BOUNDARY = ("zero", "extent")
 EROSIONS = ("soft", "min")
 
 
@@ -241,11 +242,13 @@ class HausdorffDTTerm(SegLoss):
     """``mean_{b, c, i} (p - q)^2 (d_p^alpha + d_q^alpha)`` with the unsigned maps of
     :func:`segbench.ops.edt.unsigned_distance` of ``g`` and of ``s > 0.5``."""
 
-    def __init__(self, alpha: float = 2.0, include_background: bool = False, spacing=None):
+    def __init__(self, alpha: float = 2.0, include_background: bool = False, spacing=None,
+                 no_boundary: str = "zero"):
         super().__init__()
         self.alpha = float(check_option("alpha", alpha, low=0.0))
         self.include_background = bool(include_background)
         self.spacing = _check_spacing(spacing)
+        self.no_boundary = check_option("no_boundary", no_boundary, choices=NO_BOUNDARY)
         self.d_p = TargetMap("unsigned", include_background=self.include_background, spacing=self.spacing)
 
     def target_maps(self) -> list[TargetMap]:
@@ -257,7 +260,17 @@ class HausdorffDTTerm(SegLoss):
         q = _pick(inputs.probs, self.include_background)
         d_p = inputs.target_map(self.d_p)
         with torch.no_grad():
-            d_q = unsigned_distance(q > 0.5, spacing, spatial_dims=inputs.logits.dim() - 2)
+            nd = inputs.logits.dim() - 2
+            predicted = q > 0.5
+            d_q = unsigned_distance(predicted, spacing, spatial_dims=nd)
+            if self.no_boundary == "extent":
+                # a prediction without a boundary (empty or full) where the ground truth has one:
+                # its distances are unbounded; take the image's extent, the largest finite one
+                dims = tuple(range(2, 2 + nd))
+                lost = ((predicted.all(dims) | ~predicted.any(dims)) & d_p.amax(dims).gt(0))
+                steps = spacing or (1.0,) * nd
+                extent = math.sqrt(sum((n * s) ** 2 for n, s in zip(q.shape[2:], steps)))
+                d_q = torch.where(lost.view(*lost.shape, *([1] * nd)), torch.full_like(d_q, extent), d_q)
             weight = d_p.pow(self.alpha) + d_q.pow(self.alpha)
         return ((p - q).square() * weight).mean()
 
@@ -274,6 +287,14 @@ class HausdorffDTLoss(_WithDice):
     boundary). ``L = L_HD + lambda_dice * Dice`` (:class:`~segbench.losses.region.DiceLoss`,
     same ``include_background``).
 
+    A class the network does not predict at all (``q <= 0.5`` everywhere) has no boundary,
+    so ``d_q = 0`` and the missed organ is weighted by ``d_p^alpha`` alone, small for a
+    small organ: the loss *falls* as the last predicted voxels of an organ vanish (MONAI
+    and SegLoss behave so; the loss-behaviour probe shows it). ``no_boundary: extent``
+    sets ``d_q`` to the image's extent ``sqrt(sum_a (n_a s_a)^2)`` for such a class (empty
+    or full prediction, ground truth with a boundary), so missing an organ entirely costs
+    the most.
+
     With ``lambda_dice: 0`` this equals MONAI's
     ``HausdorffDTLoss(alpha, include_background, softmax=True, to_onehot_y=True)``.
 
@@ -284,12 +305,14 @@ class HausdorffDTLoss(_WithDice):
         balance_dice: reset ``lambda_dice`` every epoch to mean L_HD / mean Dice of the
             previous epoch (the paper's equal weighting).
         spacing: voxel size per spatial axis (``null``: voxels, as MONAI and SegLoss).
+        no_boundary: ``d_q`` of a class predicted nowhere (or everywhere): ``zero`` (MONAI's)
+            or ``extent`` (the image's extent).
     """
 
     def __init__(self, alpha: float = 2.0, include_background: bool = False, lambda_dice: float = 1.0,
-                 balance_dice: bool = False, spacing=None):
-        super().__init__(HausdorffDTTerm(alpha, include_background, spacing), lambda_dice, include_background,
-                         balance_dice)
+                 balance_dice: bool = False, spacing=None, no_boundary: str = "zero"):
+        super().__init__(HausdorffDTTerm(alpha, include_background, spacing, no_boundary), lambda_dice,
+                         include_background, balance_dice)
 
 
 class HausdorffERTerm(SegLoss):
