@@ -181,3 +181,10 @@ def test_training_with_loader_maps_runs_end_to_end(phantom_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training loader precomputes the loss's maps: signed[1:]@voxel" in proc.stdout
     assert (run_dir / "results" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize("name", MAP_LOSSES)
+def test_a_spacing_of_the_wrong_length_names_the_option(name):
+    loss = build_loss(name, num_classes=3, spacing=[3.0, 1.0, 1.0])  # a 3D spacing on 2D inputs
+    with pytest.raises(ValueError, match="spacing has 3 entries but the inputs have 2 spatial dims"):
+        loss(torch.randn(2, 3, 16, 16), blobs(2, 3, (16, 16)))

@@ -43,7 +43,7 @@ from torch import nn
 from ..ops.edt import unsigned_distance
 from .base import CompoundLoss, LossInputs, SegLoss, check_option, is_sequence
 from .distribution import CrossEntropyLoss
-from .maps import TargetMap
+from .maps import TargetMap, spacing_for
 from .region import DiceLoss
 from .registry import build_loss, register_loss
 
@@ -65,13 +65,6 @@ def _check_spacing(spacing) -> tuple[float, ...] | None:
         raise ValueError(f"spacing must be null or a list of voxel sizes, got {spacing!r}")
     values = tuple(float(check_option("spacing", s, low=0.0, low_open=True)) for s in spacing)
     return values
-
-
-def _spacing_for(spacing: tuple[float, ...] | None, inputs: LossInputs) -> tuple[float, ...] | None:
-    nd = inputs.logits.dim() - 2
-    if spacing is not None and len(spacing) != nd:
-        raise ValueError(f"spacing has {len(spacing)} entries but the inputs have {nd} spatial dims")
-    return spacing
 
 
 def _pick(x: torch.Tensor, include_background: bool) -> torch.Tensor:
@@ -255,7 +248,7 @@ class HausdorffDTTerm(SegLoss):
         return [self.d_p]
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        spacing = _spacing_for(self.spacing, inputs)
+        spacing = spacing_for(self.spacing, inputs.logits.dim() - 2)
         p = _pick(inputs.onehot, self.include_background)
         q = _pick(inputs.probs, self.include_background)
         d_p = inputs.target_map(self.d_p)

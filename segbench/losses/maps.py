@@ -68,8 +68,7 @@ class TargetMap:
         """The float32 map of a ``[B, *spatial]`` long target (ignored voxels: ``valid`` false,
         target 0), on the target's device."""
         nd = target.dim() - 1
-        if self.spacing is not None and len(self.spacing) != nd:
-            raise ValueError(f"spacing has {len(self.spacing)} entries but the inputs have {nd} spatial dims")
+        spacing_for(self.spacing, nd)
         if self.kind == "penalty":
             return penalty_map(target, num_classes, self.spacing)
         first = 0 if self.include_background else 1
@@ -79,6 +78,13 @@ class TargetMap:
             masks &= valid.unsqueeze(1)
         transform = signed_distance if self.kind == "signed" else unsigned_distance
         return transform(masks, self.spacing, spatial_dims=nd)
+
+
+def spacing_for(spacing: tuple[float, ...] | None, nd: int) -> tuple[float, ...] | None:
+    """A loss's ``spacing`` option, checked against the ``nd`` spatial dims of its inputs."""
+    if spacing is not None and len(spacing) != nd:
+        raise ValueError(f"spacing has {len(spacing)} entries but the inputs have {nd} spatial dims")
+    return spacing
 
 
 def penalty_map(target: torch.Tensor, num_classes: int, spacing: tuple[float, ...] | None) -> torch.Tensor:
