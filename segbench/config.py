@@ -15,12 +15,38 @@ from .errors import SegbenchError
 #: exceptions that mean "the user's input is wrong": reported as one line, not a traceback
 USER_ERRORS = (SegbenchError, ValueError, FileNotFoundError, InstantiationException)
 
-#: the repository root (``configs/``, ``data/``, ``outputs/`` live here in an editable install)
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = str(PROJECT_ROOT / "configs")
+#: the installed package
+PACKAGE_DIR = Path(__file__).resolve().parent
 
-if not OmegaConf.has_resolver("segbench_root"):
-    OmegaConf.register_new_resolver("segbench_root", lambda: str(PROJECT_ROOT))
+
+def find_config_dir() -> Path:
+    """The configs of this install: ``segbench/configs/`` in a wheel (package data), the checkout's
+    top-level ``configs/`` in a source tree or an editable install."""
+    for candidate in (PACKAGE_DIR / "configs", PACKAGE_DIR.parent / "configs"):
+        if (candidate / "train.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"segbench's configs are missing: neither {PACKAGE_DIR / 'configs'} nor "
+                            f"{PACKAGE_DIR.parent / 'configs'} holds train.yaml; reinstall segbench")
+
+
+CONFIG_DIR = str(find_config_dir())
+#: the source checkout this package runs from (for the git revision in run.json), or None when installed
+#: from a wheel: then the parent folder is site-packages, which may sit inside a user's own git repository
+PROJECT_ROOT: Path | None = PACKAGE_DIR.parent if Path(CONFIG_DIR) == PACKAGE_DIR.parent / "configs" else None
+
+# paths/default.yaml: data and outputs go under the directory segbench is started from, as in Hydra
+# and lightning-hydra-template (SEGBENCH_DATA_DIR / SEGBENCH_OUTPUT_DIR override them)
+if not OmegaConf.has_resolver("segbench_cwd"):
+    OmegaConf.register_new_resolver("segbench_cwd", lambda: os.getcwd())
+
+
+def user_code_importable() -> None:
+    """Let a config name the user's own classes (``loss._target_: my_module.MyLoss``) that live in
+    the directory segbench is started from, as ``python train.py`` would. Appended, so a file there
+    never shadows an installed package."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
 
 
 def unwrap(exc: BaseException) -> BaseException:

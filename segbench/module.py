@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.volume import save_nifti_label
+from .data.volume import write_prediction
 from .errors import ConfigError
 from .evaluation import CaseEvaluator
 from .inference import argmax_at, check_inference, sliding_window_logits
-from .losses import build_loss
+from .losses import loss_from_config
 from .losses.consistency import check_consistency, perturbation_consistency
 
 #: Overlay colours per class id (background transparent).
@@ -44,7 +44,8 @@ class SegModule(pl.LightningModule):
 
     Args:
         net: the network (``[B, 1, H, W] -> [B, C, H, W]`` logits).
-        loss: loss config, ``{"name": ..., **options}`` (see ``configs/loss``).
+        loss: loss config, ``{"name": ..., **options}`` (see ``configs/loss``) or the user's own class,
+            ``{"_target_": "my_module.MyLoss", **options}``.
         optimizer: partial optimiser constructor taking ``params``.
         scheduler: ``{"name": "poly" | "none", "power": 0.9, "interval": "step" | "epoch"}``.
         class_names: names by class id, background first.
@@ -64,11 +65,8 @@ class SegModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["net", "optimizer"])
         self.net = net
         self.class_names = list(class_names)
-        loss = dict(loss)
-        name = loss.pop("name", None)
-        if not name:
-            raise ConfigError("loss config has no 'name'; pick one with loss=<name>")
-        self.loss_fn = build_loss(name, num_classes=len(self.class_names), class_names=self.class_names, **loss)
+        # a built-in loss by name, or the user's own class by _target_ (segbench.losses.loss_from_config)
+        self.loss_fn = loss_from_config(loss, num_classes=len(self.class_names), class_names=self.class_names)
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         if self.scheduler_cfg.get("name", "none") not in ("poly", "none"):
@@ -201,7 +199,7 @@ class SegModule(pl.LightningModule):
         """Predict a whole ``(1, 1, Z, Y, X)`` case by sliding window; class map at ``shape`` (Z, Y, X)."""
         return argmax_at(self.infer(image.to(self.device)), shape).cpu().numpy()
 
-    #: where ``test_step`` writes NIfTI predictions (with the input's affine); None = don't
+    #: where ``test_step`` writes NIfTI predictions (:func:`~segbench.data.volume.write_prediction`); None = don't
     prediction_dir = None
 
     def on_test_epoch_start(self) -> None:
@@ -214,7 +212,7 @@ class SegModule(pl.LightningModule):
             pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
         self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"])
         if self.prediction_dir is not None:
-            save_nifti_label(self.prediction_dir / f"{batch['case_id']}.nii.gz", pred, batch["affine"])
+            write_prediction(self.prediction_dir, batch["case_id"], pred, batch["affine"])
 
     def on_test_epoch_end(self) -> None:
         # under DDP each rank scored its share of the cases: every rank ends with all rows, once each

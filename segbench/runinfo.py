@@ -13,7 +13,10 @@ import torch
 PACKAGES = ("segbench", "torch", "pytorch-lightning", "hydra-core", "omegaconf", "monai", "nibabel", "numpy", "scipy")
 
 
-def git_revision(root: Path) -> str | None:
+def git_revision(root: Path | None) -> str | None:
+    """The checkout's commit (``-dirty`` with uncommitted changes); None outside a checkout (a wheel)."""
+    if root is None:
+        return None
     try:
         rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()

@@ -23,7 +23,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap
+from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap, user_code_importable
 from .errors import ConfigError
 from .evaluation import atomic_write_text
 
@@ -49,7 +49,8 @@ def build(cfg: DictConfig):
     if datamodule.precompute_loss_maps:
         datamodule.loss_maps = module.loss_fn.map_builder(datamodule.num_classes)
         if datamodule.loss_maps is None:
-            print(f"data.precompute_loss_maps: loss {cfg.loss.name} uses no target distance maps; "
+            loss = cfg.loss.get("name") or cfg.loss.get("_target_")
+            print(f"data.precompute_loss_maps: loss {loss} uses no target distance maps; "
                   "nothing to precompute")
         else:
             print("training loader precomputes the loss's maps: "
@@ -171,6 +172,7 @@ def main(cfg: DictConfig) -> float | None:
 
     from . import rundir
 
+    user_code_importable()  # loss._target_: my_module.MyLoss, data.source._target_: my_module.MySource
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"

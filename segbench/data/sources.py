@@ -1,9 +1,10 @@
 """Dataset sources: where the cases of a dataset are and how to read them.
 
 A source lists :class:`CaseRef` objects and loads them as :class:`Volume`.
-The data module does everything else (splits, windowing, slicing, augmentation),
-so a new dataset layout is one small class here plus a config in
-``configs/data/``.
+The data module does everything else (splits, windowing, slicing, augmentation, the
+preprocessing cache), so a new dataset layout is one small :class:`DataSource` subclass
+-- in segbench, or in the user's own module -- plus a data config naming it in
+``source._target_``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,52 @@ from ..errors import DataError
 from .volume import CaseRef, Volume, load_nifti_case
 
 
-class NiftiFolderSource:
+class DataSource:
+    """Base class of a dataset source (public API): where the cases are and how to read one.
+
+    A source answers three calls; the data module does everything else:
+
+    * :meth:`prepare`: make the data available (download, unpack, generate); nothing by default;
+    * :meth:`cases`: every labelled case as a :class:`CaseRef` (id, image path, label path), in a
+      fixed order (``data.split`` counts take cases in this order);
+    * :meth:`load`: one case as a :class:`Volume`: image ``(Z, Y, X)`` in HU, label ``(Z, Y, X)``
+      class ids ``0..num_classes-1``, spacing ``(sz, sy, sx)`` mm, the affine of the image file
+      (predictions are written with it). :func:`~segbench.data.volume.load_nifti_case` reads and
+      checks a NIfTI pair.
+
+    The smallest complete source, for ``<root>/<case>/image.nii.gz`` + ``label.nii.gz``, in the
+    user's own ``my_module.py`` (README, "Add your own loss / dataset")::
+
+        from pathlib import Path
+        from segbench.data import CaseRef, DataSource, load_nifti_case
+
+        class MySource(DataSource):
+            def __init__(self, root, num_classes):
+                self.root, self.num_classes = Path(root), int(num_classes)
+
+            def cases(self):
+                return [CaseRef(d.name, d / "image.nii.gz", d / "label.nii.gz")
+                        for d in sorted(self.root.iterdir()) if d.is_dir()]
+
+            def load(self, ref):
+                return load_nifti_case(ref, self.num_classes)
+
+    The preprocessing cache keys a source by its class and its public attributes, and each case by
+    its files' paths, sizes and modification times (``case_files(ref)``, when a case has more files
+    than ``ref.image`` and ``ref.label``).
+    """
+
+    def prepare(self) -> None:
+        """Make the data available (generate, unpack, ...). Nothing to do for a folder on disk."""
+
+    def cases(self) -> list[CaseRef]:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define cases()")
+
+    def load(self, ref: CaseRef) -> Volume:  # pragma: no cover - abstract
+        raise NotImplementedError(f"{type(self).__name__} must define load(ref)")
+
+
+class NiftiFolderSource(DataSource):
     """The raw BTCV layout: ``root/img/img0001.nii.gz`` + ``root/label/label0001.nii.gz``.
 
     Args:
@@ -33,9 +79,6 @@ class NiftiFolderSource:
         self.root = Path(root)
         self.num_classes = int(num_classes)
         self.label_map = {int(k): int(v) for k, v in label_map.items()} if label_map else None
-
-    def prepare(self) -> None:
-        """Make the data available (generate, unpack, ...). Nothing to do for a folder on disk."""
 
     def cases(self) -> list[CaseRef]:
         img_dir = self.root / self.image_dir

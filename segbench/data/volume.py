@@ -76,7 +76,8 @@ def apply_label_map(label: np.ndarray, label_map: dict[int, int] | None, source:
     bad = ids[(ids < 0) | (ids >= num_classes)]
     if bad.size:
         raise DataError(f"{source} holds label id(s) {bad.tolist()} outside 0..{num_classes - 1}; "
-                        "set data.label_map to map the dataset's ids to classes, or fix data.num_classes")
+                        "map the dataset's ids to classes with data.source.label_map={raw_id: class_id} "
+                        "(data=nifti_folder), or fix data.num_classes")
     return label.astype(np.uint8)
 
 
@@ -114,3 +115,15 @@ def save_nifti_label(path: Path, label: np.ndarray, affine: np.ndarray) -> None:
     tmp = path.with_name(f".{path.name}.tmp.nii.gz")
     nib.save(out, str(tmp))
     tmp.replace(path)
+
+
+def write_prediction(directory: Path, case_id: str, label: np.ndarray, affine: np.ndarray) -> Path:
+    """Write one test case's predicted ``(Z, Y, X)`` label map as ``<directory>/<case_id>.nii.gz``.
+
+    The one place predictions are written (training's test and ``segbench-eval``): on the input's
+    voxel grid with the input's affine, as nnU-Net does, so it opens over the image in 3D Slicer or
+    ITK-SNAP. Returns the file's path.
+    """
+    path = Path(directory) / f"{case_id}.nii.gz"
+    save_nifti_label(path, label, affine)
+    return path

@@ -7,13 +7,18 @@ Layout follows the taxonomy (Ma, "Loss functions for medical image segmentation:
 taxonomy"): ``distribution.py`` (per-voxel terms), ``region.py`` (functions of the
 per-class soft TP / FP / FN), ``compound.py`` (weighted sums), ``afw.py`` (the
 AFW-Dice loss of Guo et al. 2024). ``base.py`` holds the shared quantities.
+
+A loss of your own, without editing segbench: subclass :class:`SegLoss` and write
+``compute(inputs)`` from the :class:`LossInputs` (``inputs.logits``, ``inputs.target``,
+``inputs.probs``, ``inputs.onehot``, ``inputs.counts()``, ``inputs.target_map(...)``), then name
+the class in a loss config, ``_target_: my_module.MyLoss`` (:func:`loss_from_config`).
 """
 
 from . import afw, compound, distribution, region  # noqa: F401  (registration)
 from . import boundary  # noqa: F401
-from .base import LossInputs, SegLoss
+from .base import LossInputs, ModuleLoss, SegLoss
 from .maps import TargetMap, TargetMapBuilder
-from .registry import LOSSES, available_losses, build_loss, loss_options, register_loss
+from .registry import LOSSES, available_losses, build_loss, loss_from_config, loss_options, register_loss
 
-__all__ = ["SegLoss", "LossInputs", "TargetMap", "TargetMapBuilder", "LOSSES", "available_losses", "build_loss",
-           "loss_options", "register_loss"]
+__all__ = ["SegLoss", "LossInputs", "ModuleLoss", "TargetMap", "TargetMapBuilder", "LOSSES", "available_losses",
+           "build_loss", "loss_from_config", "loss_options", "register_loss"]

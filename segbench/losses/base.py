@@ -337,10 +337,33 @@ class LossInputs:
 
 # --------------------------------------------------------------------------- the base class
 class SegLoss(nn.Module):
-    """Base class of every segbench loss.
+    """Base class of every segbench loss, and of a user's own (public API).
 
     Subclasses implement :meth:`compute` (the formula, from a :class:`LossInputs`);
-    :meth:`forward` builds the inputs with autocast disabled. Class attributes:
+    :meth:`forward` builds the inputs with autocast disabled. The smallest complete loss, soft
+    Dice over the organs, in the user's own ``my_module.py``::
+
+        from segbench.losses import LossInputs, SegLoss
+
+        class MyLoss(SegLoss):
+            def __init__(self, smooth: float = 1e-5):
+                super().__init__()
+                self.smooth = smooth
+
+            def compute(self, inputs: LossInputs):
+                s = inputs.probs[:, 1:]                     # softmax of inputs.logits, [B, C-1, *spatial]
+                g = inputs.onehot[:, 1:]                    # inputs.target one-hot, same shape
+                dims = tuple(range(2, s.dim()))
+                tp = (s * g).sum(dims)
+                dice = (2 * tp + self.smooth) / (s.sum(dims) + g.sum(dims) + self.smooth)
+                return 1 - dice.mean()
+
+    and ``loss/my_loss.yaml`` in the user's config directory: ``_target_: my_module.MyLoss`` and
+    ``smooth: 1.0e-5`` (README, "Add your own loss / dataset"). ``inputs`` also offers the per-class
+    soft ``TP / FP / FN`` (:meth:`LossInputs.counts`), ``log_probs``, the per-voxel mean that skips
+    ignored voxels (:meth:`LossInputs.mean_over_voxels`) and distance maps of the target
+    (:meth:`LossInputs.target_map`). A constructor argument named ``num_classes`` or ``class_names``
+    is filled in from the data config. Class attributes:
 
     * ``needs_log_probs``: the formula uses ``log s`` (CE-like terms); a compound
       loss then derives ``s`` from ``log s`` instead of a second softmax.
@@ -400,6 +423,27 @@ class SegLoss(nn.Module):
         target = normalize_target(logits, target)
         check_label_range(target, logits.shape[1], ignore_index)
         return logits.float(), target
+
+
+class ModuleLoss(SegLoss):
+    """A plain ``nn.Module`` loss (``module(logits, target) -> scalar``) inside segbench's training loop.
+
+    ``logits``: ``[B, C, *spatial]`` as the network returns them; ``target``: the batch's
+    ``[B, *spatial]`` long label map (MONAI's losses want ``[B, 1, *spatial]``: subclass
+    :class:`SegLoss` for those). It gets SegLoss's hooks: no schedule, nothing extra logged, no
+    precomputed maps.
+    """
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor,
+                maps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.module(logits, target)
+
+    def perfect_value(self, num_classes: int) -> float | None:
+        return None  # unknown
 
 
 class CompoundLoss(SegLoss):
