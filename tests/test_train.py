@@ -59,6 +59,8 @@ def test_smoke_run_writes_the_results_contract(smoke_run):
     assert list((smoke_run / "tensorboard").glob("events.out.tfevents.*"))
     splits = json.loads((smoke_run / "splits.json").read_text())
     assert splits == {"train": ["0001"], "val": ["0002"], "test": ["0003"]}
+    # the test case's prediction, by default, on its image's grid (tests/test_predictions.py: oblique affines)
+    assert [p.name for p in (smoke_run / "predictions").iterdir()] == ["0003.nii.gz"]
 
 
 def test_eval_rescores_a_checkpoint_under_another_convention(smoke_run, phantom_dir, tmp_path):
