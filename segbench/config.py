@@ -40,6 +40,24 @@ if not OmegaConf.has_resolver("segbench_cwd"):
     OmegaConf.register_new_resolver("segbench_cwd", lambda: os.getcwd())
 
 
+def _smoke_width(at_least, *, _parent_) -> int:
+    """``model.width: ${segbench_smoke_width:4}`` (debug=smoke): the smallest width >= 4 that the
+    model of this config accepts (4 for the U-Nets, 8 for SegResNet's GroupNorm, 12 for Swin UNETR)."""
+    from hydra.utils import get_class
+
+    from .models.common import smallest_width
+
+    try:
+        model_cls = get_class(str(_parent_.get("_target_")))
+    except Exception:  # noqa: BLE001 - not a class: the model's own check reports it when it is built
+        return int(at_least)
+    return smallest_width(model_cls, _parent_, int(at_least))
+
+
+if not OmegaConf.has_resolver("segbench_smoke_width"):
+    OmegaConf.register_new_resolver("segbench_smoke_width", _smoke_width)
+
+
 def user_code_importable() -> None:
     """Let a config name the user's own classes (``loss._target_: my_module.MyLoss``) that live in
     the directory segbench is started from, as ``python train.py`` would. Appended, so a file there

@@ -15,11 +15,16 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap
+from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap, user_code_importable
 from .errors import ConfigError, DataError
+
+#: what segbench-eval needs, said in one line when it is missing
+NO_CHECKPOINT = "no checkpoint given: pass ckpt_path=<run>/checkpoints/last.ckpt (or best-*.ckpt)"
 
 
 def training_config(cfg: DictConfig) -> DictConfig:
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise ConfigError(NO_CHECKPOINT)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise DataError(f"checkpoint {ckpt} not found; pass ckpt_path=<run>/checkpoints/last.ckpt")
@@ -63,16 +68,60 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     return summary
 
 
+def remove_if_empty(output_dir: Path) -> None:
+    """Remove a failed evaluation's directory when it holds nothing but Hydra's own files (the composed
+    config and the log), and the folders above it that this leaves empty (``outputs/eval``)."""
+    import shutil
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir() or any(p.name not in (".hydra", "eval.log") for p in output_dir.iterdir()):
+        return
+    shutil.rmtree(output_dir, ignore_errors=True)
+    for parent in list(output_dir.parents)[:2]:  # outputs/eval, outputs
+        try:
+            parent.rmdir()  # only when empty
+        except OSError:
+            break
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    user_code_importable()  # a training run's loss._target_ / data.source._target_ in the user's module
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        evaluate(cfg, Path(HydraConfig.get().runtime.output_dir))
+        evaluate(cfg, output_dir)
     except USER_ERRORS as exc:
         report_error(unwrap(exc), "segbench-eval")
+        remove_if_empty(output_dir)
         sys.exit(1)
+    except BaseException:
+        remove_if_empty(output_dir)
+        raise
+
+
+def argv_error(argv: list[str]) -> str | None:
+    """The one-line error for a command line that cannot work, found before Hydra creates a run directory."""
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg") or a.startswith("--info") for a in argv):
+        return None
+    given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("ckpt_path=")]
+    if not given or not given[-1] or given[-1] in ("null", "???"):
+        return NO_CHECKPOINT
+    path = given[-1]
+    if "${" not in path and not Path(path).is_file():
+        return f"checkpoint {path} not found; pass ckpt_path=<run>/checkpoints/last.ckpt"
+    return None
+
+
+def cli() -> None:
+    """``segbench-eval``: :func:`main` behind the checks that need no run directory."""
+    error = argv_error(sys.argv[1:])
+    if error is not None:
+        print(f"segbench-eval: error: {error}", file=sys.stderr)
+        sys.exit(1)
+    main()
 
 
 if __name__ == "__main__":
-    main()
+    cli()

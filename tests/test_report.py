@@ -199,12 +199,39 @@ def test_table_csv_is_full_precision_and_states_units(sweep, tmp_path, capsys):
 def test_table_latex_is_booktabs_with_best_in_bold(sweep, tmp_path, capsys):
     run_table(capsys, sweep, "--baseline", "ce_dice", "--percent", "--out", tmp_path)
     tex = (tmp_path / "table.tex").read_text()
-    for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrrrr}", "\\caption{"):
+    # Method, n, DSC, HD95, aorta, liver, pancreas, p: the Markdown table's columns
+    for command in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}{lrrrrrrr}", "\\caption{"):
         assert command in tex
+    assert "Method & $n$ & DSC (\\%) & HD95 (mm)" in tex
     assert "Metric convention: default; HD in mm; DSC in \\%." in tex
-    assert "ce\\_dice & \\textbf{79.67} $\\pm$ 1.41 & \\textbf{20.33} $\\pm$ 1.41 & \\textbf{85.00}" in tex
-    assert "ce & 69.67 $\\pm$ 1.41 & 30.33 $\\pm$ 1.41 & 75.00 $\\pm$ 1.41" in tex
-    assert "focal & \\multicolumn{6}{l}{failed: loss 'focal' has no option 'gama'" in tex
+    assert "ce\\_dice & 2 & \\textbf{79.67} $\\pm$ 1.41 & \\textbf{20.33} $\\pm$ 1.41 & \\textbf{85.00}" in tex
+    assert "ce & 2 & 69.67 $\\pm$ 1.41 & 30.33 $\\pm$ 1.41 & 75.00 $\\pm$ 1.41" in tex
+    # a failed row: n = 0, its message over the 6 remaining columns
+    assert "focal & 0 & \\multicolumn{6}{l}{failed: loss 'focal' has no option 'gama'" in tex
+
+
+def test_table_bolds_only_a_strict_best(tmp_path, capsys):
+    # dice and afw_dice runs with the same per-case numbers: a tie in every column, so nothing is bold;
+    # ce is worse everywhere and is never bold
+    for job, loss in enumerate(["ce", "dice", "afw_dice"]):
+        write_run(tmp_path / "sweep" / str(job), loss, 1, rows=case_rows("dice" if loss == "afw_dice" else loss, 1))
+    out, _ = run_table(capsys, tmp_path / "sweep", "--percent", "--out", tmp_path / "report")
+    assert "**" not in out
+    tex = (tmp_path / "report" / "table.tex").read_text()
+    assert "\\textbf" not in tex
+    # afw_dice's aorta DSC 0.0004 higher in one case: its aorta mean 83.00 + 0.04 / 4 = 83.01 % and its mean DSC
+    # (83 + 88 + 61.333) / 3 = 77.444 + 0.01 / 3 = 77.448 -> 77.45 % beat dice's 83.00 and 77.44: bold there
+    # alone; liver, pancreas and HD95 (unchanged) stay tied: not bold
+    rows = case_rows("dice", 1)
+    for row in rows:
+        if row["organ"] == "aorta" and row["case"] == "case0001":
+            row["dsc"] += 0.0004
+    write_run(tmp_path / "sweep2" / "0", "dice", 1)
+    write_run(tmp_path / "sweep2" / "1", "afw_dice", 1, rows=rows)
+    out, _ = run_table(capsys, tmp_path / "sweep2", "--percent", "--out", tmp_path / "report2")
+    afw = next(ln for ln in out.splitlines() if ln.startswith("| afw_dice "))
+    dice = next(ln for ln in out.splitlines() if ln.startswith("| dice "))
+    assert afw.count("**") == 4 and "**77.45**" in afw and "**83.01**" in afw and "**" not in dice
 
 
 def test_table_paper_preset_orders_columns(tmp_path, capsys):

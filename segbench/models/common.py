@@ -75,6 +75,14 @@ def check_width(model: str, width: int, multiple: int = 1, why: str = "") -> int
     return width
 
 
+def smallest_width(model_cls: type, options, at_least: int = 1) -> int:
+    """The smallest ``model.width >= at_least`` the network accepts: a multiple of its
+    ``width_multiple(options)`` (GroupNorm groups, Swin's feature size), 1 when it declares none."""
+    rule = getattr(model_cls, "width_multiple", None)
+    multiple = max(1, int(rule(options))) if rule is not None else 1
+    return -(-int(at_least) // multiple) * multiple
+
+
 def require_einops(model: str) -> None:
     """MONAI's transformer blocks import ``einops`` lazily and fail mid-run without it: check at start-up."""
     if importlib.util.find_spec("einops") is None:

@@ -85,6 +85,11 @@ class SegResNet(nn.Module):
 
     name = "segresnet"
 
+    @staticmethod
+    def width_multiple(options) -> int:
+        """GroupNorm splits ``width`` channels into ``num_groups`` groups."""
+        return int(options.get("num_groups", 8) or 8)
+
     def __init__(self, in_channels: int = 1, num_classes: int = 9, width: int = 16,
                  blocks_down: Sequence[int] = (1, 2, 2, 4), blocks_up: Sequence[int] | None = None,
                  num_groups: int = 8, spatial_dims: int = 2, img_size: int | Sequence[int] | None = None,
@@ -121,6 +126,11 @@ class SwinUNETR(nn.Module):
     """
 
     name = "swin_unetr"
+
+    @staticmethod
+    def width_multiple(options) -> int:
+        """MONAI's SwinUNETR needs ``feature_size`` to be a multiple of 12."""
+        return 12
 
     def __init__(self, in_channels: int = 1, num_classes: int = 9, width: int = 48, spatial_dims: int = 3,
                  img_size: int | Sequence[int] | None = None, depth: int | None = None,
