@@ -44,6 +44,7 @@ def training_config(cfg: DictConfig) -> DictConfig:
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     import pytorch_lightning as pl
 
+    from .console import interactive, report
     from .evaluation import format_table
     from .runinfo import device_description, git_revision, package_versions
     from .train import build
@@ -54,7 +55,8 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     if cfg.test.get("save_predictions"):
         module.prediction_dir = output_dir / "predictions"
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), logger=False, enable_checkpointing=False,
-                         default_root_dir=str(output_dir), enable_model_summary=False)
+                         default_root_dir=str(output_dir), enable_model_summary=False,
+                         enable_progress_bar=interactive())
     datamodule.prepare_data()
     trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False)
     extra = {"run": {"output_dir": str(output_dir), "checkpoint": str(Path(cfg.ckpt_path).resolve()),
@@ -63,8 +65,7 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
              "splits": datamodule.splits}
     summary = module.evaluator.write(output_dir / "results", config=OmegaConf.to_container(train_cfg, resolve=True),
                                      extra=extra)
-    print(format_table(summary))
-    print(f"results: {output_dir / 'results'}")
+    report(format_table(summary) + f"\nresults: {output_dir / 'results'}")
     return summary
 
 
@@ -88,6 +89,9 @@ def remove_if_empty(output_dir: Path) -> None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from .console import quiet_third_party
+
+    quiet_third_party(single_process=str(cfg.trainer.get("devices", 1)) == "1")
     user_code_importable()  # a training run's loss._target_ / data.source._target_ in the user's module
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     try:

@@ -26,12 +26,7 @@ from .evaluation import CaseEvaluator
 from .inference import argmax_at, check_inference, sliding_window_logits
 from .losses import loss_from_config
 from .losses.consistency import check_consistency, perturbation_consistency
-
-#: Overlay colours per class id (background transparent).
-PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                    [145, 30, 180], [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212],
-                    [0, 128, 128], [220, 190, 255], [170, 110, 40]], dtype=np.float32) / 255.0
-
+from .overlays import figure_to_rgb, overlay_figure
 
 def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
     """``lr_t = lr_0 * (1 - t / T) ** power`` (TransUNet / AFW-Dice poly decay)."""
@@ -179,10 +174,10 @@ class SegModule(pl.LightningModule):
         if preds.dim() == 4:
             mid = preds.shape[1] // 2
             images, labels, preds = images[:, :, mid], labels[:, mid], preds[:, mid]
-        panels = [overlay_panel(img[0].cpu().numpy(), lab.numpy(), pred.numpy())
-                  for img, lab, pred in zip(images, labels, preds)]
-        logger.experiment.add_image("val/overlay", np.concatenate(panels, 0), self.current_epoch,
-                                    dataformats="HWC")
+        figure = overlay_figure([img[0].cpu().numpy() for img in images], [lab.numpy() for lab in labels],
+                                [pred.numpy() for pred in preds], self.class_names,
+                                title=f"validation, epoch {self.current_epoch}")
+        logger.experiment.add_image("val/overlay", figure_to_rgb(figure), self.current_epoch, dataformats="HWC")
 
     # -- test ------------------------------------------------------------------------------------------------
     def predict_volume(self, slices: torch.Tensor, native_hw: Sequence[int]) -> np.ndarray:
@@ -220,15 +215,3 @@ class SegModule(pl.LightningModule):
             from .distributed import gather_rows
 
             self.evaluator.rows[:] = gather_rows(self.evaluator.rows)
-
-
-def overlay_panel(image: np.ndarray, label: np.ndarray, pred: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """One row: the image, the label overlay, the prediction overlay (HWC float RGB in [0, 1])."""
-    gray = np.repeat(image[..., None], 3, -1)
-
-    def blend(mask: np.ndarray) -> np.ndarray:
-        colours = PALETTE[np.clip(mask, 0, len(PALETTE) - 1)]
-        weight = (mask > 0)[..., None] * alpha
-        return gray * (1 - weight) + colours * weight
-
-    return np.concatenate([gray, blend(label), blend(pred)], 1).astype(np.float32)

@@ -64,12 +64,22 @@ def build_trainer(cfg: DictConfig, output_dir: Path):
     from .rundir import epoch_status_callback
     from .seeding import RandomStateCheckpoint
 
+    from pytorch_lightning.callbacks import ProgressBar
+
+    from .console import epoch_line_callback, interactive, quiet_third_party
+
+    quiet_third_party(single_process=str(cfg.trainer.get("devices", 1)) == "1"
+                      and int(cfg.trainer.get("num_nodes", 1) or 1) == 1)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     # not in the callbacks config: exact resume and the run index depend on them
     callbacks += [RandomStateCheckpoint(cfg.seed), epoch_status_callback(output_dir)]
+    progress = {}
+    if not interactive():  # a redirected log / Slurm output: one line per epoch, not carriage-return updates
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)] + [epoch_line_callback()]
+        progress = {"enable_progress_bar": False}
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       default_root_dir=str(output_dir))
+                       default_root_dir=str(output_dir), **progress)
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -91,6 +101,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     import torch
 
     from . import rundir
+    from .console import report
     from .distributed import one_run_directory
     from .evaluation import format_table
     from .runinfo import device_description, git_revision, package_versions
@@ -149,8 +160,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     summary = module.evaluator.write(output_dir / "results", config=config, extra=extra)
     rundir.update_status(output_dir, status="done", mean_dsc=summary.get("mean_dsc"),
                          wall_time_s=extra["run"]["wall_time_s"])
-    print(format_table(summary))
-    print(f"results: {output_dir / 'results'}")
+    report(format_table(summary) + f"\nresults: {output_dir / 'results'}")
     return summary
 
 
@@ -172,6 +182,9 @@ def main(cfg: DictConfig) -> float | None:
 
     from . import rundir
 
+    from .console import quiet_third_party
+
+    quiet_third_party()
     user_code_importable()  # loss._target_: my_module.MyLoss, data.source._target_: my_module.MySource
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)

@@ -28,6 +28,22 @@ from .runs import (FRACTION_METRICS, HIGHER_IS_BETTER, ORGAN_PRESETS, ReportErro
 
 PROG = "segbench-figures"
 METRIC_LABELS = {"dsc": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD", "nsd": "NSD"}
+#: config keys in words, for titles and axis labels
+KEY_WORDS = {"loss.name": "loss", "loss._target_": "loss", "model._target_": "model", "data.name": "dataset",
+             "loss.gamma": "gamma", "loss.focused_classes": "focused organs", "loss.uncertainty": "learnable weights",
+             "loss.asymmetric": "asymmetry", "seed": "seed", "trainer.max_epochs": "epochs",
+             "optimizer.lr": "learning rate", "data.img_size": "slice size", "model.width": "network width"}
+
+
+def key_words(key: str) -> str:
+    """A config key as words: ``loss.name`` -> ``loss``, ``model._target_`` -> ``model``, otherwise its last
+    part with spaces (``loss.lambda_ce`` -> ``lambda ce``)."""
+    if key in KEY_WORDS:
+        return KEY_WORDS[key]
+    parts = [p for p in key.split(".") if p.strip("_")]
+    last = key.split(".")[-1]
+    word = parts[-2] if last.startswith("_") and len(parts) >= 2 else (parts[-1] if parts else key)
+    return word.replace("_", " ")
 
 
 def _pyplot():
@@ -112,11 +128,19 @@ def curve_table(runs: Sequence[Run], key: str, to_x: Callable[[Run, Any], float]
     return pd.DataFrame(rows).sort_values(["line", "x"], kind="stable").reset_index(drop=True)
 
 
+#: line styles of the per-organ lines of one group (the group's colour, one style per organ)
+ORGAN_STYLES = [":", "--", "-.", (0, (1, 1)), (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (2, 2)), (0, (4, 1, 1, 1))]
+
+
 def plot_curve(table: pd.DataFrame, xlabel: str, ylabel: str, title: str, per_organ: bool,
-               integer_x: bool = False):
+               integer_x: bool = False, fraction_axis: bool = False):
+    """Mean (± std over runs) per line vs x; ``per_organ`` adds thin per-organ lines: in the organ's own
+    colour for one line, in the line's colour with one style per organ, labelled ``group: organ``, for
+    several; ``fraction_axis`` (DSC, NSD) keeps the y axis at or above 0."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.6))
     organ_cols = [c for c in table.columns if c.startswith("organ:")]
+    lines = list(dict.fromkeys(table["line"]))
     for i, (line, grp) in enumerate(table.groupby("line", sort=False)):
         colour = f"C{i}"
         ax.errorbar(grp["x"], grp["mean"], yerr=grp["std"].fillna(0), marker="o", color=colour, lw=1.8,
@@ -124,11 +148,17 @@ def plot_curve(table: pd.DataFrame, xlabel: str, ylabel: str, title: str, per_or
                                                                       else ""))
         if per_organ:
             for j, col in enumerate(organ_cols):
-                ax.plot(grp["x"], grp[col], lw=0.7, alpha=0.6, color=plt.cm.tab10((j + 1) % 10),
-                        label=col.split(":", 1)[1] if i == 0 else None)
+                organ = col.split(":", 1)[1]
+                if len(lines) > 1:
+                    ax.plot(grp["x"], grp[col], lw=0.8, alpha=0.7, color=colour,
+                            linestyle=ORGAN_STYLES[j % len(ORGAN_STYLES)], label=f"{line}: {organ}")
+                else:
+                    ax.plot(grp["x"], grp[col], lw=0.7, alpha=0.6, color=plt.cm.tab10((j + 1) % 10), label=organ)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=9)
+    if fraction_axis:
+        ax.set_ylim(bottom=0)
     if integer_x:
         ax.set_xticks(sorted(set(table["x"])))
     if per_organ:
@@ -174,13 +204,16 @@ def _run_curve_figure(args, kind: str, warn) -> list[Path]:
     runs = _usable_runs(runs, args.key, warn)
     scale = 100.0 if args.percent and args.metric in FRACTION_METRICS else 1.0
     organs = _organs(args.organs, runs)
-    to_x, xlabel, integer_x = ((gamma_x, f"gamma ({args.key})", False) if kind == "gamma"
-                               else (focused_count, f"number of focused organs ({args.key})", True))
+    # the x axis and the title name what is plotted: the key's words (gamma --key seed plots vs seed)
+    xlabel = key_words(args.key) if kind == "gamma" else f"number of {key_words(args.key)}"
+    to_x, integer_x = (gamma_x, False) if kind == "gamma" else (focused_count, True)
     table = curve_table(runs, args.key, to_x, args.metric, organs, scale, args.group_by)
     ylabel = _metric_label(args.metric, args.percent, hd_unit)
-    title = args.title or (f"{METRIC_LABELS[args.metric]} vs {xlabel.split(' (')[0]} "
-                           f"(convention {convention}, mean over organs)")
-    fig = plot_curve(table, xlabel, ylabel, title, args.per_organ, integer_x)
+    by = f", one line per {key_words(args.group_by)}" if args.group_by else ""
+    title = args.title or (f"{METRIC_LABELS[args.metric]} vs {xlabel} (mean over organs{by}; "
+                           f"convention {convention})")
+    fig = plot_curve(table, xlabel, ylabel, title, args.per_organ, integer_x,
+                     fraction_axis=args.metric in FRACTION_METRICS)
     stem = args.name or kind
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,9 +270,10 @@ def _organs_figure(args, warn) -> list[Path]:
     ax.set_xticks(x)
     ax.set_xticklabels(categories, rotation=30, ha="right")
     ax.set_ylabel(_metric_label(args.metric, args.percent, hd_unit))
-    ax.set_title(args.title or f"per-organ {METRIC_LABELS[args.metric]} by {', '.join(args.group_by)} "
-                               f"(convention {convention}; mean ± std over runs)", fontsize=9)
-    if HIGHER_IS_BETTER[args.metric] and args.metric in FRACTION_METRICS:
+    ax.set_title(args.title or f"per-organ {METRIC_LABELS[args.metric]} by "
+                               f"{' and '.join(key_words(k) for k in args.group_by)} "
+                               f"(mean ± std over runs; convention {convention})", fontsize=9)
+    if args.metric in FRACTION_METRICS:
         ax.set_ylim(0, 100 if scale == 100 else 1)
     ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
@@ -360,6 +394,10 @@ def _loss_vs_dice_figure(args, warn) -> list[Path]:
 # the loss-behaviour probe
 
 
+#: --paper: (width in inches, panels per row) of a one-column (3.5 in) or a full-page-width (7 in) figure
+PAPER_SIZES = {"column": (3.5, 2), "page": (7.0, 4)}
+
+
 def _probe_figure(args, warn) -> list[Path]:
     from ..evaluation import atomic_write_text
     from .probe import ProbeSettings, plot_probe, probe_markdown, run_probe
@@ -372,7 +410,10 @@ def _probe_figure(args, warn) -> list[Path]:
     for _, row in summary[summary["status"] != "ok"].iterrows():
         warn(f"loss {row['loss']}: {row['status']}")
     _pyplot()
-    fig = plot_probe(curves, summary, title=args.title or (
+    width, ncols = PAPER_SIZES[args.paper] if args.paper else (None, 4)
+    if args.columns:
+        ncols = args.columns
+    fig = plot_probe(curves, summary, ncols=ncols, width_in=width, title=args.title or (
         "loss rise above the error-free value vs error fraction, normalised per loss "
         "(colour: object size; solid: false positives, dashed: false negatives)"))
     stem = args.name or "probe"
@@ -458,7 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margin", type=float, default=10.0, help="logit margin of the predictions (default 10)")
     p.add_argument("--steps", type=int, default=20, help="error-fraction steps from 0 to 1 (default 20)")
     p.add_argument("--loss-configs", default=None, metavar="DIR",
-                   help="read loss options from DIR/<loss>.yaml (default the repository's configs/loss)")
+                   help="read loss options from DIR/<loss>.yaml (default segbench's configs/loss)")
+    p.add_argument("--paper", choices=sorted(PAPER_SIZES), default=None,
+                   help="size for a paper: column (3.5 in wide, 2 panels per row) or page (7 in, 4 per row), "
+                        "with 6-7 pt text; default a screen-size figure (3.2 in per panel)")
+    p.add_argument("--columns", type=int, default=None, help="panels per row (default 4, or --paper's)")
     common(p, "probe")
     return parser
 

@@ -254,18 +254,25 @@ def probe_markdown(summary: pd.DataFrame, settings: ProbeSettings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_probe(curves: pd.DataFrame, summary: pd.DataFrame, ncols: int = 4, title: str | None = None):
-    """One panel per loss: normalised loss vs error fraction; large/small = colour, fp/fn = line style."""
+def plot_probe(curves: pd.DataFrame, summary: pd.DataFrame, ncols: int = 4, title: str | None = None,
+               width_in: float | None = None):
+    """One panel per loss: normalised loss vs error fraction; large/small = colour, fp/fn = line style.
+
+    ``width_in``: the whole figure's width in inches for a paper (e.g. 3.5 for one column, 7 for a
+    page), panels 0.8 as high as wide and 6-7 pt text; ``None``: 3.2 x 2.6 in per panel, 7-9 pt."""
     import matplotlib.pyplot as plt
 
     names = list(summary["loss"])
     ncols = max(1, min(ncols, len(names)))
     nrows = max(1, math.ceil(len(names) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False)
+    panel_w = 3.2 if width_in is None else float(width_in) / ncols
+    panel_h = 2.6 if width_in is None else 0.8 * panel_w
+    small = width_in is not None
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_w * ncols, panel_h * nrows), squeeze=False)
     colours = {"large": "tab:blue", "small": "tab:orange"}
     styles = {"fp": "-", "fn": "--"}
     for ax, (_, row) in zip(axes.ravel(), summary.iterrows()):
-        ax.set_title(row["loss"], fontsize=9)
+        ax.set_title(row["loss"], fontsize=7 if small else 9, pad=2 if small else 6)
         mine = curves[curves["loss"] == row["loss"]]
         if mine.empty:
             ax.text(0.5, 0.5, str(row["status"])[:80], ha="center", va="center", wrap=True, fontsize=7,
@@ -280,22 +287,28 @@ def plot_probe(curves: pd.DataFrame, summary: pd.DataFrame, ncols: int = 4, titl
             ax.text(0.02, 0.95, str(row["status"])[:40], transform=ax.transAxes, fontsize=6, color="tab:red",
                     va="top")
         ax.axhline(0, color="0.8", lw=0.6, zorder=0)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(labelsize=6 if small else 7)
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     for ax in axes.ravel()[max(0, len(names) - ncols):len(names)]:
-        ax.set_xlabel("error fraction", fontsize=8)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("normalised loss rise", fontsize=8)
+        ax.set_xlabel("error fraction", fontsize=7 if small else 8)
+    if small:  # one label for the figure: per-row labels would overlap at paper size
+        fig.supylabel("normalised loss rise", fontsize=7)
+    else:
+        for ax in axes[:, 0]:
+            ax.set_ylabel("normalised loss rise", fontsize=8)
     handles, labels = [], []
     for ax in axes.ravel():
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             break
-    height = 2.6 * nrows
+    height = panel_h * nrows
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=6 if small else 8, frameon=False)
     if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - (0.3 / height if title else 0)))
+        fig.suptitle(title, fontsize=7 if small else 9, wrap=small)
+    if small:
+        fig.tight_layout(rect=(0.02, 0.2 / height, 1, 1 - (0.4 / height if title else 0)), pad=0.3)
+    else:
+        fig.tight_layout(rect=(0, 0.35 / height, 1, 1 - (0.3 / height if title else 0)))
     return fig
