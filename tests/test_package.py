@@ -44,6 +44,40 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def can_build_offline() -> bool:
+    """This Python's setuptools can build the wheel (setuptools >= 70.1 has bdist_wheel, older ones need
+    the wheel package); otherwise pip builds in an isolated environment it downloads."""
+    if importlib.util.find_spec("setuptools") is None:
+        return False
+    from importlib.metadata import version
+
+    major, minor = (int(p) for p in version("setuptools").split(".")[:2])
+    return (major, minor) >= (70, 1) or importlib.util.find_spec("wheel") is not None
+
+
+def make_venv(path: Path) -> Path:
+    """A fresh venv that sees this Python's packages (torch, Lightning, ...); its Python.
+
+    Without its own pip where this pip can install into it (``pip --python``, pip >= 22.3): faster, and
+    no ensurepip needed."""
+    import pip
+
+    own_pip = tuple(int(p) for p in pip.__version__.split(".")[:2]) < (22, 3)
+    run([sys.executable, "-m", "venv", "--system-site-packages", *([] if own_pip else ["--without-pip"]), str(path)],
+        path.parent)
+    return path / "bin" / "python"
+
+
+def pip_install(python: Path, wheel: Path, cwd: Path) -> None:
+    import pip
+
+    own_pip = tuple(int(p) for p in pip.__version__.split(".")[:2]) < (22, 3)
+    launcher = [str(python), "-m", "pip"] if own_pip else [sys.executable, "-m", "pip", "--python", str(python)]
+    # --ignore-installed: this Python may hold segbench already (editable, from the checkout); pip must
+    # install the wheel into the venv, never touch that one
+    run([*launcher, "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)], cwd, clean_env())
+
+
 def build_wheel(tmp: Path) -> Path:
     """sdist of a copy of the sources, then ``pip wheel --no-deps`` of that sdist."""
     src, dist = tmp / "src", tmp / "dist"
@@ -53,7 +87,7 @@ def build_wheel(tmp: Path) -> Path:
             shutil.copytree(path, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         else:
             shutil.copy2(path, src / name)
-    offline = importlib.util.find_spec("setuptools") is not None  # else pip fetches the build backend
+    offline = can_build_offline()
     if offline:
         run([sys.executable, "-c", f"from setuptools import build_meta; build_meta.build_sdist({str(dist)!r})"], src)
         (sdist,) = dist.glob("segbench-*.tar.gz")
@@ -77,12 +111,8 @@ def test_wheel_carries_the_configs_and_runs_from_an_empty_directory(tmp_path):
     assert shipped == sorted(str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml"))
 
     venv = tmp_path / "venv"
-    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path)
-    python = venv / "bin" / "python"
-    # --ignore-installed: this Python may hold segbench already (editable, from the checkout); pip must
-    # install the wheel into the venv, never touch that one
-    run([str(python), "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed", "-q", str(wheel)],
-        tmp_path, clean_env())
+    python = make_venv(venv)
+    pip_install(python, wheel, tmp_path)
 
     work = tmp_path / "empty"
     work.mkdir()
