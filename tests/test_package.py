@@ -137,3 +137,25 @@ def test_wheel_carries_the_configs_and_runs_from_an_empty_directory(tmp_path):
     assert [p.name for p in (summary_path.parent.parent / "predictions").iterdir()] == ["0003.nii.gz"]
     assert package_files(package) == before, "segbench-train wrote into the installed package"
     assert not (package.parent / "outputs").exists() and not (package.parent / "data").exists()
+
+
+def test_data_and_outputs_follow_the_working_directory_unless_the_environment_says(tmp_path, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from segbench.config import CONFIG_DIR
+
+    def paths() -> tuple[str, str]:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            cfg = compose("train")
+        return OmegaConf.select(cfg, "paths.data_dir"), OmegaConf.select(cfg, "paths.log_dir")
+
+    monkeypatch.delenv("SEGBENCH_DATA_DIR", raising=False)
+    monkeypatch.delenv("SEGBENCH_OUTPUT_DIR", raising=False)
+    for where in (tmp_path / "a", tmp_path / "b"):
+        where.mkdir()
+        monkeypatch.chdir(where)
+        assert paths() == (str(where / "data"), str(where / "outputs"))
+    monkeypatch.setenv("SEGBENCH_DATA_DIR", "/scratch/data")
+    monkeypatch.setenv("SEGBENCH_OUTPUT_DIR", "/scratch/runs")
+    assert paths() == ("/scratch/data", "/scratch/runs")
