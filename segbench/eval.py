@@ -113,7 +113,8 @@ def argv_error(argv: list[str]) -> str | None:
     if not given or not given[-1] or given[-1] in ("null", "???"):
         return NO_CHECKPOINT
     path = given[-1]
-    if "${" not in path and not Path(path).is_file():
+    sweep = any(a in ("-m", "--multirun") for a in argv)  # ckpt_path=a.ckpt,b.ckpt: Hydra splits it
+    if not sweep and "${" not in path and not Path(path).is_file():
         return f"checkpoint {path} not found; pass ckpt_path=<run>/checkpoints/last.ckpt"
     return None
 

@@ -60,13 +60,11 @@ def build(cfg: DictConfig):
 
 def build_trainer(cfg: DictConfig, output_dir: Path):
     from hydra.utils import instantiate
-
-    from .rundir import epoch_status_callback
-    from .seeding import RandomStateCheckpoint
-
     from pytorch_lightning.callbacks import ProgressBar
 
     from .console import epoch_line_callback, interactive, quiet_third_party
+    from .rundir import epoch_status_callback
+    from .seeding import RandomStateCheckpoint
 
     quiet_third_party(single_process=str(cfg.trainer.get("devices", 1)) == "1"
                       and int(cfg.trainer.get("num_nodes", 1) or 1) == 1)
@@ -181,7 +179,6 @@ def main(cfg: DictConfig) -> float | None:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from . import rundir
-
     from .console import quiet_third_party
 
     quiet_third_party()

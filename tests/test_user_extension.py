@@ -55,7 +55,8 @@ def console_script(name: str) -> list[str]:
     script = Path(sys.executable).parent / name
     if script.is_file():
         return [str(script)]
-    module = {"segbench-train": "segbench.train:cli", "segbench-table": "segbench.report.table:main"}[name]
+    module = {"segbench-train": "segbench.train:cli", "segbench-eval": "segbench.eval:cli",
+              "segbench-table": "segbench.report.table:main"}[name]
     mod, func = module.split(":")
     return [sys.executable, "-c", f"import sys; sys.path.remove(''); from {mod} import {func}; {func}()"]
 
@@ -117,6 +118,15 @@ def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_p
     # the table: one row labelled by the loss config's name, one run
     assert re.search(r"^\| my_loss \| 1 \|", outputs[2], flags=re.M), outputs[2]
     assert (project / "outputs" / "report" / "table.md").is_file()
+
+    # segbench-eval rebuilds the user's loss and source from the run's own config, from the same folder
+    ckpt = "outputs/my_experiment/first/checkpoints/last.ckpt"
+    proc = subprocess.run(console_script("segbench-eval") + [f"ckpt_path={ckpt}", "hydra.run.dir=outputs/ev"],
+                          cwd=project, env=user_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rescored = json.loads((project / "outputs" / "ev" / "results" / "summary.json").read_text())
+    assert rescored["config"]["loss"]["_target_"] == "my_module.MyLoss"
+    assert list(rescored["per_class"]) == ["organ_a", "organ_b"]
 
     # the README's loss computes what its docstring says: perfect logits -> CE ~ 0 and Dice ~ 1
     sys.path.insert(0, str(project))
