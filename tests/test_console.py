@@ -45,6 +45,9 @@ def test_one_checkpoint_callback_rewrites_last_every_epoch(tmp_path):
     import pytorch_lightning as pl
 
     from segbench.callbacks import BestAndLastCheckpoint
+    from segbench.console import quiet_third_party
+
+    quiet_third_party()  # as segbench-train does: no LeafSpec FutureWarning from inside Lightning
 
     class Model(pl.LightningModule):
         """val/dice falls every epoch (1, 0.5, 0.33): the best stays epoch 0."""
