@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", default="loader,training,data")
     parser.add_argument("--out", type=Path, default=None, help=".md or .csv")
     args = parser.parse_args(argv)
+    table_out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the table only (progress to stderr)
     quick = args.quick
     defaults = {"cases": 1 if quick else 4, "workers": "0,1" if quick else ("0,1,2,4,8" if cuda else "0,1,2"),
                 "loader_batches": 3 if quick else 20, "train_settings": "paper" if cuda else "quickstart",
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     header = f"segbench pipeline, {what}, torch {torch.__version__}{' (QUICK: a dry run, not a measurement)' if quick else ''}"
     table = ["| part | what | setting | result | |", "|---|---|---|---|---|"]
     table += [f"| {r['part']} | {r['what']} | {r['setting']} | {r['value']} | {r['per_unit']} |" for r in rows]
-    print(f"\n{header}\n\n" + "\n".join(table))
+    print(f"{header}\n\n" + "\n".join(table), file=table_out)
     if args.out is not None:
         if args.out.suffix == ".csv":
             with open(args.out, "w", newline="") as fh:

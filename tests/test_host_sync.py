@@ -148,3 +148,35 @@ def test_training_step_makes_no_host_sync_in_3d(loss, phantom_dir, cuda_kernels)
 def test_training_step_options_make_no_host_sync(extra, phantom_dir, cuda_kernels):
     per_step = fit_counting(compose_run(phantom_dir, *extra))
     assert per_step == [[]] * STEPS, f"{extra}: host reads in training_step: {per_step[0]}"
+
+
+# -- on a GPU: PyTorch's own detector of synchronising CUDA calls (scripts/gpu_checks.sh runs this) -------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("loss", ["ce_dice", "afw_dice", "unified_focal", "boundary", "hausdorff_dt",
+                                  "hausdorff_cv", "topk_ce"])
+def test_training_step_makes_no_cuda_sync(loss, phantom_dir):
+    """``torch.cuda.set_sync_debug_mode("warn")`` while ``training_step`` runs on the GPU, in bf16: every
+    synchronising CUDA call (a read-back, ``nonzero``, a blocking copy) would warn."""
+    import warnings
+
+    pl.seed_everything(0, verbose=False)
+    datamodule, module = build(compose_run(phantom_dir, f"loss={loss}", "trainer=gpu"))
+    caught: list[list[str]] = []
+    step = module.training_step
+
+    def watched_step(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                out = step(*args, **kwargs)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        caught.append([str(r.message).splitlines()[0] for r in records if "synchroniz" in str(r.message)])
+        return out
+
+    module.training_step = watched_step
+    pl.Trainer(accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=STEPS, limit_val_batches=0,
+               logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(module, datamodule=datamodule)
+    assert caught == [[]] * STEPS, f"loss={loss}: synchronising CUDA calls in training_step: {caught[0]}"

@@ -288,7 +288,7 @@ def _scan_1d(fg: torch.Tensor, step: float, dtype: torch.dtype) -> torch.Tensor:
     """Squared distance along the line to the nearest zero (``inf`` if none), ``[lines, n]``."""
     n = fg.shape[-1]
     pos = torch.arange(n, device=fg.device, dtype=dtype).expand_as(fg)
-    inf = torch.tensor(math.inf, device=fg.device, dtype=dtype)
+    inf = torch.full((), math.inf, device=fg.device, dtype=dtype)  # a fill, not a (blocking) host-to-device copy
     last_zero = torch.where(fg, -inf, pos).cummax(-1).values            # at or before i
     next_zero = torch.where(fg, inf, pos).flip(-1).cummin(-1).values.flip(-1)  # at or after i
     dist = torch.minimum(pos - last_zero, next_zero - pos)
