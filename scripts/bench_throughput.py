@@ -87,7 +87,8 @@ def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path) -> 
     total = args.warmup + args.steps + args.profile_steps
     with open_dict(cfg):
         if model == "basic_unet":
-            cfg.model = dict(BASIC_UNET, out_channels=int(cfg.data.num_classes))
+            cfg.model = dict(BASIC_UNET, out_channels=int(cfg.data.num_classes),
+                             **({"features": [4, 4, 8, 16, 32, 4]} if args.quick else {}))
         cfg.paths.output_dir = str(workdir)
         cfg.trainer.max_epochs = 1000
         cfg.trainer.max_steps = total
