@@ -371,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_training(args, device, rows)
     if "data" in parts:
         bench_data(args, rows)
-    header = f"segbench pipeline, {what}, torch {torch.__version__}{' (QUICK: a dry run, not a measurement)' if quick else ''}"
+    header = (f"segbench pipeline, {what}, torch {torch.__version__}"
+              + (" (QUICK: a dry run, not a measurement)" if quick else ""))
     table = ["| part | what | setting | result | |", "|---|---|---|---|---|"]
     table += [f"| {r['part']} | {r['what']} | {r['setting']} | {r['value']} | {r['per_unit']} |" for r in rows]
     print(f"{header}\n\n" + "\n".join(table), file=table_out)

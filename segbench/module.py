@@ -1,7 +1,8 @@
 """The one LightningModule: a network, a loss from the registry, SGD with poly decay.
 
 Training logs ``train/loss_step`` and ``train/loss_epoch`` (and the loss's own scalars, e.g.
-learnable class weights, as ``loss/<key>``), without reading any value back to the host in the step; validation logs ``val/dice`` and ``val/dice/<organ>``
+learnable class weights, as ``loss/<key>``) without reading any value back to the host in the
+step; validation logs ``val/dice`` and ``val/dice/<organ>``
 (3D Dice per validation case at model resolution, averaged over cases) and a few
 image / label / prediction overlays; testing predicts whole cases slice by slice,
 resizes the class probabilities back to the native grid and scores them with
@@ -113,9 +114,9 @@ class SegModule(pl.LightningModule):
         if stage != "fit" or not label_ids:
             return
         check_label_ids(label_ids, len(self.class_names), self.loss_fn.ignore_index)
-        for module in self.loss_fn.modules():
-            if isinstance(module, SegLoss):
-                module.check_labels = False
+        for loss in self.loss_fn.modules():
+            if isinstance(loss, SegLoss):
+                loss.check_labels = False
 
     def on_train_epoch_start(self) -> None:
         self.loss_fn.on_train_epoch_start(self.current_epoch, self.trainer.max_epochs)

@@ -57,6 +57,7 @@ def test_cpus_per_process_from_slurm_and_affinity(machine, cpus, slurm, local, e
     ("cuda", 16, {}, 1, MAX_AUTO_WORKERS),                     # 16 - 1 = 15, capped at 8
     ("cuda", 128, {"SLURM_CPUS_PER_TASK": 6}, 1, 5),           # 6 CPUs: 5 workers + the training process
     ("cuda", 128, {"SLURM_CPUS_ON_NODE": 16}, 4, 3),           # 16 / 4 GPUs = 4 each: 3 workers
+    ("cuda", 128, {"SLURM_CPUS_ON_NODE": 32, "SLURM_CPUS_PER_TASK": 8}, 4, 7),  # hydra/launcher=slurm, 4 GPUs
     ("cuda", 1, {}, 1, 0),                                     # one CPU: load in the training process
 ])
 def test_auto_num_workers(machine, device, cpus, slurm, local, expected):
