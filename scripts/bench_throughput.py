@@ -16,8 +16,9 @@ each network with and without ``torch.compile``:
   reference network from the library many users start from.
 
 The data are the procedural phantom at 224 px in-plane (``data.phantom.size=224``, 2.5 mm slices:
-no resize before training, the same 224 px training samples) in a temporary directory, or
-``--data-dir``. Per row, after ``--warmup`` steps (compilation, worker start-up):
+no resize before training, the same 224 px training samples), ``--cases`` cases (16: all steps of a
+row fall in one epoch) in a temporary directory, or ``--data-dir``. Per row, after ``--warmup``
+steps (compilation, worker start-up):
 
 * **images/s**: ``--steps`` steps timed from one ``torch.cuda.synchronize`` to the next;
 * **GPU busy**: over the next ``--profile-steps`` steps, under ``torch.profiler``, the union of
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="no,yes", help="no, yes or both (no,yes)")
     parser.add_argument("--compile-backend", default="inductor", help="eager: a dry run of the compile path")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA (trainer=gpu), fp32 on CPU")
-    parser.add_argument("--cases", type=int, default=None, help="phantom training cases (~88 slices each)")
+    parser.add_argument("--cases", type=int, default=None, help="phantom training cases (~85-90 slices each: 16 fill one epoch of 48 steps)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--profile-steps", type=int, default=None)
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=".md or .csv")
     args = parser.parse_args(argv)
     table_out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the table only (progress bars to stderr)
-    for key, full, quick in (("cases", 12, 2), ("warmup", 10, 1), ("steps", 30, 2), ("profile_steps", 8, 1)):
+    for key, full, quick in (("cases", 16, 2), ("warmup", 10, 1), ("steps", 30, 2), ("profile_steps", 8, 1)):
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
     if args.threads:

@@ -49,14 +49,14 @@ fi
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)" >> "$log" 2>&1
 
 if [ -n "${QUICK:-}" ]; then
-  throughput_args=(--quick --models unet,basic_unet)
+  throughput_args=(--quick --models unet,basic_unet --compile yes)  # the compiled path includes the plain one
   losses_args=(--losses dice,boundary --shapes 2d --repeats 1 --warmup 0)
   metrics_args=(--shape 32 128 128 --no-medpy --no-monai --repeats 1)
   edt_args=(--shapes 2d --repeats 1 --losses --only boundary)
   models_args=(--models unet --dims 2 --size-2d 64 --repeats 1 --warmup 0)
   tests=(tests/test_edt.py tests/test_host_sync.py::test_a_step_that_reads_its_loss_is_caught)
 else
-  throughput_args=()   # 12 phantom cases at 224 px, 10 + 30 + 8 steps per row, 4 rows
+  throughput_args=()   # 16 phantom cases at 224 px, 10 + 30 + 8 steps per row (one epoch), 4 rows
   losses_args=(--repeats 3 --warmup 1)  # MONAI's HausdorffDTLoss alone takes ~4 s a call
   metrics_args=(--no-medpy --repeats 3)
   edt_args=(--repeats 3 --losses)
