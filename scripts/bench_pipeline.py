@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a tiny dry run (also QUICK=1)")
     parser.add_argument("--device", default="cuda" if cuda else "cpu")
     parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--cases", type=int, default=None, help="training cases the loaders draw from")
+    parser.add_argument("--cases", type=int, default=None,
+                        help="training cases the loaders draw from (8: ~70 quickstart batches, one epoch)")
     parser.add_argument("--workers", default=None, help="data.num_workers values, e.g. 0,1,2")
     parser.add_argument("--loader-batches", type=int, default=None)
     parser.add_argument("--train-settings", choices=sorted(TRAIN_SETTINGS), default=None)
@@ -343,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     table_out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the table only (progress to stderr)
     quick = args.quick
-    defaults = {"cases": 1 if quick else 4, "workers": "0,1" if quick else ("0,1,2,4,8" if cuda else "0,1,2"),
+    defaults = {"cases": 1 if quick else 8, "workers": "0,1" if quick else ("0,1,2,4,8" if cuda else "0,1,2"),
                 "loader_batches": 3 if quick else 20, "train_settings": "paper" if cuda else "quickstart",
                 "steps": 3 if quick else 60, "warmup": 1 if quick else 5, "rounds": 1 if quick else 3,
                 "phantom_cases": 1 if quick else 2}
