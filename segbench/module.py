@@ -1,7 +1,8 @@
 """The one LightningModule: a network, a loss from the registry, SGD with poly decay.
 
-Training logs ``train/loss`` (and the loss's own scalars, e.g. learnable class
-weights, as ``loss/<key>``); validation logs ``val/dice`` and ``val/dice/<organ>``
+Training logs ``train/loss_step`` and ``train/loss_epoch`` (and the loss's own scalars, e.g.
+learnable class weights, as ``loss/<key>``) without reading any value back to the host in the
+step; validation logs ``val/dice`` and ``val/dice/<organ>``
 (3D Dice per validation case at model resolution, averaged over cases) and a few
 image / label / prediction overlays; testing predicts whole cases slice by slice,
 resizes the class probabilities back to the native grid and scores them with
@@ -20,11 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .data.datamodule import check_label_ids
 from .data.volume import write_prediction
 from .errors import ConfigError
 from .evaluation import CaseEvaluator
 from .inference import argmax_at, check_inference, sliding_window_logits
 from .losses import loss_from_config
+from .losses.base import SegLoss
 from .losses.consistency import check_consistency, perturbation_consistency
 from .overlays import figure_to_rgb, overlay_figure
 
@@ -95,6 +98,19 @@ class SegModule(pl.LightningModule):
         return self(x)
 
     # -- training --------------------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Check the label ids once, from those the data module counted where it loaded each training and
+        validation case (``label_ids``), and then spare the loss its per-batch check: that one reads
+        the target's range back to the host, a wait for the GPU on every step. A data module that
+        counts no ``label_ids`` keeps the per-batch check."""
+        label_ids = getattr(getattr(self.trainer, "datamodule", None), "label_ids", None)
+        if stage != "fit" or not label_ids:
+            return
+        check_label_ids(label_ids, len(self.class_names), self.loss_fn.ignore_index)
+        for loss in self.loss_fn.modules():
+            if isinstance(loss, SegLoss):
+                loss.check_labels = False
+
     def on_train_epoch_start(self) -> None:
         self.loss_fn.on_train_epoch_start(self.current_epoch, self.trainer.max_epochs)
 
@@ -106,10 +122,15 @@ class SegModule(pl.LightningModule):
                                                    self.consistency["noise_std"])
             self.log("loss/consistency", consistency, on_step=True, on_epoch=False, batch_size=len(logits))
             loss = loss + self.consistency["weight"] * consistency
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits),
-                 sync_dist=True)
+        # Logged values stay tensors on the device: Lightning reads them back only when it writes the
+        # logs (every trainer.log_every_n_steps) or refreshes the progress bar. The step value is this
+        # rank's; the epoch mean is reduced over the ranks once, at the epoch's end (no all-reduce per step).
+        batch_size = len(logits)
+        value = loss.detach()
+        self.log("train/loss_step", value, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
+        self.log("train/loss_epoch", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for key, value in self.loss_fn.log_values().items():
-            self.log(f"loss/{key}", float(value), on_step=True, on_epoch=False)
+            self.log(f"loss/{key}", value, on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
 
     def configure_optimizers(self):

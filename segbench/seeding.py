@@ -12,7 +12,7 @@ generator training draws from (Python, NumPy, torch CPU/CUDA, each transform's o
 ``RandomState``), and a resumed fit restores them before anything draws from them. A checkpoint
 written at the end of epoch ``k`` therefore continues exactly as the uninterrupted run did.
 
-Guaranteed (and tested) for single-process runs with ``data.num_workers=0``, the default: with
+Guaranteed (and tested) for single-process runs with ``data.num_workers=0`` (what ``auto`` gives on a CPU): with
 loader workers the augmentation runs in worker processes whose generators are not checkpointed,
 and under DDP every rank restores rank 0's generators (training continues correctly, but not
 bit-identically).

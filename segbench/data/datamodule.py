@@ -23,6 +23,7 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
+from .loader import check_loader_options, check_num_workers, loader_options
 from .preprocess import check_target_spacing, resample_volume
 from .volume import CaseRef, Volume
 
@@ -135,6 +136,22 @@ def with_loss_maps(sample: dict[str, Any], maps) -> dict[str, Any]:
     return sample
 
 
+def label_ids_of(label: np.ndarray) -> tuple[int, ...]:
+    """The label ids a (uint8) label array holds, counted on the CPU."""
+    return tuple(int(i) for i in np.flatnonzero(np.bincount(np.asarray(label, np.uint8).ravel())))
+
+
+def check_label_ids(label_ids: dict[str, Sequence[int]], num_classes: int, ignore_index: int | None = None) -> None:
+    """DataError naming the first case that holds a label id outside ``0..num_classes-1``
+    (``ignore_index`` excepted); ``label_ids``: case id -> the ids it holds."""
+    for case_id, ids in label_ids.items():
+        bad = [int(i) for i in ids if not 0 <= int(i) < num_classes and int(i) != ignore_index]
+        if bad:
+            raise DataError(f"case {case_id} holds label id {bad[0]} but there are {num_classes} classes "
+                            f"(ids 0..{num_classes - 1}); make data.class_names / data.num_classes match the "
+                            f"dataset's labels, or set loss.ignore_index={bad[0]} to leave those voxels out")
+
+
 def first_item(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
 
@@ -235,8 +252,11 @@ class CaseDataModule(pl.LightningDataModule):
 
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float],
                  num_classes: int | None, name: str, cache_dir: str | None,
-                 target_spacing: Sequence[float | None] | None, precompute_loss_maps: bool = False):
+                 target_spacing: Sequence[float | None] | None, precompute_loss_maps: bool = False,
+                 num_workers: int | str = "auto", pin_memory: bool | str = "auto", prefetch_factor: int = 4):
         super().__init__()
+        self.num_workers = check_num_workers(num_workers)
+        self.pin_memory, self.prefetch_factor = check_loader_options(pin_memory, prefetch_factor)
         if not isinstance(precompute_loss_maps, bool):
             raise ConfigError(f"data.precompute_loss_maps must be true or false, got {precompute_loss_maps!r}")
         self.precompute_loss_maps = precompute_loss_maps
@@ -265,6 +285,9 @@ class CaseDataModule(pl.LightningDataModule):
         self.train_set = self.val_set = None
         self.test_volumes: list[Volume] = []
         self.val_case_ids: list[str] = []
+        # case id -> the label ids of each training / validation case, counted on the CPU where the case
+        # is loaded; the LightningModule checks them once instead of every batch on the device
+        self.label_ids: dict[str, tuple[int, ...]] = {}
 
     def prepare_data(self) -> None:
         self.source.prepare()
@@ -321,6 +344,14 @@ class CaseDataModule(pl.LightningDataModule):
             log.info("%s: preprocessed %d %s case(s) into %s", self.name, self.cache.builds - builds, part,
                      self.cache.root)
 
+    def train_loader_options(self) -> dict[str, Any]:
+        """The training loader's workers, pinning, prefetch and worker seeding for the attached trainer."""
+        return loader_options(self.num_workers, self.pin_memory, self.prefetch_factor, self.trainer)
+
+    def eval_pin_memory(self) -> bool:
+        """Pinned validation batches on CUDA (``data.pin_memory``), loaded in the training process."""
+        return self.train_loader_options()["pin_memory"]
+
     def write_splits(self, path: Path) -> None:
         from ..evaluation import atomic_write_text
 
@@ -336,7 +367,9 @@ class SegDataModule(CaseDataModule):
         split: ``{train, val, test}`` counts or case-id lists.
         window: HU window ``[low, high]`` mapped to [0, 1].
         img_size: model input size (square) for 2D slices.
-        batch_size, num_workers: loader settings (per process).
+        batch_size: slices per batch (per process).
+        num_workers, pin_memory, prefetch_factor: the training loader's settings (per process); ``auto``
+            resolves from the trainer's device and the CPUs the process has (:mod:`segbench.data.loader`).
         augment: ``{flip_prob, rotate_prob, rotate_range_deg}``; probabilities 0 disable.
         spatial_dims: 2 (axial slices); 3D data configs (``data=phantom3d``) use the patch module.
         name: the dataset's name (recorded in results).
@@ -349,13 +382,14 @@ class SegDataModule(CaseDataModule):
     """
 
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float] = (-125, 275),
-                 img_size: int = 224, batch_size: int = 24, num_workers: int = 0,
+                 img_size: int = 224, batch_size: int = 24, num_workers: int | str = "auto",
                  augment: dict[str, float] | None = None, spatial_dims: int = 2, num_classes: int | None = None,
                  name: str = "dataset", slices_with_foreground_only: bool = False,
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
-                 target_spacing: Sequence[float | None] | None = None, precompute_loss_maps: bool = False):
+                 target_spacing: Sequence[float | None] | None = None, precompute_loss_maps: bool = False,
+                 pin_memory: bool | str = "auto", prefetch_factor: int = 4):
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps)
+                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor)
         if int(img_size) < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {img_size}")
         if int(batch_size) < 1:
@@ -365,7 +399,6 @@ class SegDataModule(CaseDataModule):
                               f"use data=phantom3d or data=abdomenct1k3d instead of data={name}")
         self.img_size = int(img_size)
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.augment = dict(augment or {})
         self.slices_with_foreground_only = slices_with_foreground_only
 
@@ -399,6 +432,7 @@ class SegDataModule(CaseDataModule):
         images, labels, index = [], [], []
         for i, case_id in enumerate(self._progress(case_ids, part)):
             img, lab = self._case_slices(case_id)
+            self.label_ids[case_id] = label_ids_of(lab)
             if foreground_only:
                 keep = lab.reshape(len(lab), -1).max(1) > 0
                 img, lab = img[keep], lab[keep]
@@ -414,14 +448,14 @@ class SegDataModule(CaseDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_set)
-                          > self.batch_size, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
+                          drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
-        return DataLoader(self.val_set, batch_size=self.batch_size * 2, shuffle=False, num_workers=0)
+        return DataLoader(self.val_set, batch_size=self.batch_size * 2, shuffle=False, num_workers=0,
+                          pin_memory=self.eval_pin_memory())
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(VolumeDataset(self.test_volumes, self.window, self.img_size), batch_size=1,

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .datamodule import CaseDataModule, build_augmentation, first_item, with_loss_maps
+from .datamodule import CaseDataModule, build_augmentation, first_item, label_ids_of, with_loss_maps
 from .volume import Volume
 
 
@@ -134,7 +134,8 @@ class PatchDataModule(CaseDataModule):
     """3D patch training on cases from any :mod:`segbench.data.sources` source.
 
     Args:
-        source, class_names, split, window, batch_size, num_workers, name, cache_dir, target_spacing:
+        source, class_names, split, window, batch_size, num_workers, pin_memory, prefetch_factor, name,
+            cache_dir, target_spacing:
             as :class:`~segbench.data.datamodule.SegDataModule` (``batch_size`` counts patches).
         patch_size: ``[Z, Y, X]`` voxels of a training patch (also the sliding-window size).
         samples_per_volume: patches drawn from each training case per epoch.
@@ -154,17 +155,17 @@ class PatchDataModule(CaseDataModule):
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any],
                  window: Sequence[float] = (-125, 275), patch_size: Sequence[int] = (96, 96, 96),
                  samples_per_volume: int = 4, foreground_prob: float = 0.5, batch_size: int = 2,
-                 num_workers: int = 0, augment: dict[str, float] | None = None,
+                 num_workers: int | str = "auto", augment: dict[str, float] | None = None,
                  validation: str = "sliding_window", val_samples_per_volume: int = 4,
                  target_spacing: Sequence[float | None] | None = None, cache_dir: str | None = None,
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
-                 precompute_loss_maps: bool = False):
+                 precompute_loss_maps: bool = False, pin_memory: bool | str = "auto", prefetch_factor: int = 4):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps)
+                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ConfigError(f"data.patch_size must be [Z, Y, X] voxels, got {list(patch_size)}")
@@ -179,7 +180,6 @@ class PatchDataModule(CaseDataModule):
         self.samples_per_volume = int(samples_per_volume)
         self.foreground_prob = float(foreground_prob)
         self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
         self.augment = dict(augment or {})
         self.validation = validation
         self.val_samples_per_volume = int(val_samples_per_volume)
@@ -209,6 +209,7 @@ class PatchDataModule(CaseDataModule):
         images, labels = [], []
         for case_id in case_ids:
             vol = self._prepared(case_id)
+            self.label_ids[case_id] = label_ids_of(vol.label)
             images.append(torch.from_numpy(vol.image)[None])
             labels.append(torch.from_numpy(vol.label)[None])
         return images, labels
@@ -228,14 +229,14 @@ class PatchDataModule(CaseDataModule):
         from monai.data import DataLoader as MonaiDataLoader  # re-seeds the random crops in every worker
 
         return MonaiDataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
-                               drop_last=len(self.train_set) > self.batch_size, num_workers=self.num_workers,
-                               persistent_workers=self.num_workers > 0)
+                               drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
         batch = 1 if self.validation == "sliding_window" else self.batch_size
-        return DataLoader(self.val_set, batch_size=batch, shuffle=False, num_workers=0)
+        return DataLoader(self.val_set, batch_size=batch, shuffle=False, num_workers=0,
+                          pin_memory=self.eval_pin_memory())
 
     def test_dataloader(self) -> DataLoader:
         return DataLoader(TestCases(self.test_volumes), batch_size=1, collate_fn=first_item, num_workers=0)

@@ -192,11 +192,11 @@ class AFWDiceLoss(SegLoss):
         return self.lambda_ce * ce + self.lambda_afw * self.afw_term(inputs)
 
     # hooks -------------------------------------------------------------------------------------
-    def log_values(self) -> dict[str, float]:
+    def log_values(self) -> dict[str, torch.Tensor]:
         if self.log_sigma2 is None:
             return {}
-        sigma2 = torch.exp(self.log_sigma2.detach()).tolist()
-        return {f"sigma2/{self.class_names[c]}": v for c, v in zip(self.scored, sigma2)}
+        sigma2 = torch.exp(self.log_sigma2.detach())  # stays on the device: no host sync per step
+        return {f"sigma2/{self.class_names[c]}": v for c, v in zip(self.scored, sigma2.unbind())}
 
     def perfect_value(self, num_classes: int) -> float:
         """``lambda_afw (sum_{focused} w_c clamp_min^gamma + R(s))`` at the current ``s``."""

@@ -197,9 +197,10 @@ class LossInputs:
     """
 
     def __init__(self, logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int | None = None,
-                 log_domain: bool = False, maps: dict[str, torch.Tensor] | None = None):
+                 log_domain: bool = False, maps: dict[str, torch.Tensor] | None = None, check_labels: bool = True):
         target = normalize_target(logits, target)
-        check_label_range(target, logits.shape[1], ignore_index)
+        if check_labels:
+            check_label_range(target, logits.shape[1], ignore_index)
         self.logits = logits.float()
         self.num_classes = logits.shape[1]
         self.batch_size = logits.shape[0]
@@ -369,17 +370,24 @@ class SegLoss(nn.Module):
       loss then derives ``s`` from ``log s`` instead of a second softmax.
     * ``ignore_index`` (instance attribute, default ``None``): label id whose
       voxels do not contribute.
+    * ``check_labels`` (default ``True``): every call raises a ValueError naming a label id
+      outside ``[0, C)``. The check reads the target's minimum and maximum back to the host,
+      which on a GPU waits for the queued work; the training module turns it off once the data
+      module has checked every case's label ids where it loaded them
+      (:meth:`segbench.module.SegModule.setup`).
     """
 
     registered_name: str = ""
     needs_log_probs: bool = False
     ignore_index: int | None = None
+    check_labels: bool = True
 
     def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
         """Called by the training loop before every epoch (schedules live here)."""
 
-    def log_values(self) -> dict[str, float]:
-        """Scalars worth logging (learnable weights, schedule values)."""
+    def log_values(self) -> dict[str, float | torch.Tensor]:
+        """Scalars worth logging (learnable weights, schedule values): Python numbers, or
+        0-dim tensors left on the device (detached), never read back to the host here."""
         return {}
 
     def perfect_value(self, num_classes: int) -> float | None:
@@ -405,7 +413,7 @@ class SegLoss(nn.Module):
     def make_inputs(self, logits: torch.Tensor, target: torch.Tensor,
                     maps: dict[str, torch.Tensor] | None = None) -> LossInputs:
         return LossInputs(logits, target, ignore_index=self.ignore_index, log_domain=self.needs_log_probs,
-                          maps=maps)
+                          maps=maps, check_labels=self.check_labels)
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -421,7 +429,8 @@ class SegLoss(nn.Module):
                 ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 logits and a checked long target (for losses that do not use :class:`LossInputs`)."""
         target = normalize_target(logits, target)
-        check_label_range(target, logits.shape[1], ignore_index)
+        if self.check_labels:
+            check_label_range(target, logits.shape[1], ignore_index)
         return logits.float(), target
 
 
@@ -487,7 +496,7 @@ class CompoundLoss(SegLoss):
     def target_maps(self) -> list[TargetMap]:
         return list(dict.fromkeys(spec for term in self.terms.values() for spec in term.target_maps()))
 
-    def log_values(self) -> dict[str, float]:
+    def log_values(self) -> dict[str, float | torch.Tensor]:
         values = {}
         for term in self.terms.values():
             values.update(term.log_values())

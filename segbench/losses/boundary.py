@@ -34,8 +34,10 @@ Losses:
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -468,20 +470,29 @@ def _soft_threshold(x: torch.Tensor) -> torch.Tensor:
     return (x - 0.5).clamp_min(0)
 
 
-def _ball_kernel(radius: int, spatial: list[int], size: list[int], device, dtype) -> torch.Tensor:
+def _ball_kernel(radius: int, spatial: tuple[int, ...], size: tuple[int, ...]) -> np.ndarray:
     """Disc / ball ``|o| <= radius`` (voxel units) normalised to sum 1, centred at the origin
     of a ``size`` grid with wrap-around (for circular convolution by FFT). Offsets of
     ``n`` or more along an axis of length ``n`` never pair two voxels of the image: they
-    are left out of the grid (not of the normalisation)."""
-    axes = torch.arange(-radius, radius + 1, device=device)
-    grids = torch.meshgrid(*([axes] * len(size)), indexing="ij")
-    inside = sum(g.square() for g in grids) <= radius * radius
+    are left out of the grid (not of the normalisation). Built with NumPy on the host: a
+    kernel built from device tensors would read its voxel count back, a host sync per step."""
+    axes = np.arange(-radius, radius + 1)
+    grids = np.meshgrid(*([axes] * len(size)), indexing="ij")
+    inside = sum(g ** 2 for g in grids) <= radius * radius
     count = int(inside.sum())
     for g, n in zip(grids, spatial):
-        inside &= g.abs() < n
-    kernel = torch.zeros(size, device=device, dtype=dtype)
+        inside &= np.abs(g) < n
+    kernel = np.zeros(size, dtype=np.float64)
     kernel[tuple(g[inside] % m for g, m in zip(grids, size))] = 1.0 / count
     return kernel
+
+
+@functools.lru_cache(maxsize=32)
+def _ball_spectrum(radius: int, spatial: tuple[int, ...], size: tuple[int, ...], device: torch.device,
+                   dtype: torch.dtype) -> torch.Tensor:
+    """``rfftn`` of :func:`_ball_kernel` on ``device``, built once per shape (copied to the device once)."""
+    kernel = torch.from_numpy(_ball_kernel(radius, spatial, size)).to(device=device, dtype=dtype)
+    return torch.fft.rfftn(kernel, dim=tuple(range(len(size))))
 
 
 def ball_means(x: torch.Tensor, radii) -> list[torch.Tensor]:
@@ -492,15 +503,14 @@ def ball_means(x: torch.Tensor, radii) -> list[torch.Tensor]:
     circular convolution is the linear one, serves every radius: the cost does not
     grow with the kernel size.
     """
-    spatial = list(x.shape[2:])
+    spatial = tuple(x.shape[2:])
     dims = tuple(range(2, x.dim()))
-    size = [n + min(max(radii), n - 1) for n in spatial]
+    size = tuple(n + min(max(radii), n - 1) for n in spatial)
     spectrum = torch.fft.rfftn(x, s=size, dim=dims)
     crop = (slice(None), slice(None)) + tuple(slice(0, n) for n in spatial)
     out = []
     for r in radii:
-        kernel = _ball_kernel(r, spatial, size, x.device, x.dtype)
-        kernel = torch.fft.rfftn(kernel, dim=tuple(range(len(size))))
+        kernel = _ball_spectrum(int(r), spatial, size, x.device, x.dtype)
         out.append(torch.fft.irfftn(spectrum * kernel, s=size, dim=dims)[crop])
     return out
 
