@@ -248,7 +248,8 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
             message = [ln for ln in str(exc).splitlines() if "error:" in ln.lower()] or str(exc).splitlines()[-1:]
             refuse(f"sbatch refused the sweep's jobs: {message[-1].strip()}")
-        print(f"submitted {len(jobs)} job(s) to Slurm (array {jobs[0].job_id.split('_')[0]}; "
+        ids = [job.job_id for job in jobs]
+        print(f"submitted {len(jobs)} job(s) to Slurm ({', '.join(ids) if len(ids) < 5 else f'{ids[0]} ... {ids[-1]}'}; "
               f"squeue --me shows them; logs: {sweep_dir / '.submitit'})", flush=True)
         self._watch(jobs, names)
         return [self._outcome(job, overrides, idx, sweep_dir)

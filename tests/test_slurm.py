@@ -51,8 +51,9 @@ def summary_of(proc) -> str:
 
 def slurm_jobs(sweep: Path) -> list[str]:
     """The Slurm job ids of a sweep's jobs (array tasks), from submitit's folders: ``<array>_<task>``."""
-    return sorted((p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name)),
-                  key=lambda name: int(name.split("_")[1]))
+    names = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+(_\d+)?", p.name)]
+    tasks = [n for n in names if "_" in n]  # an array's tasks (and its own folder), or one job that is no array
+    return sorted(tasks, key=lambda name: int(name.split("_")[1])) if tasks else names
 
 
 def status(job_dir: Path) -> dict:
@@ -103,6 +104,25 @@ def test_launcher_defaults_follow_the_trainer():
     assert (ddp_cpu["gpus_per_node"], ddp_cpu["tasks_per_node"]) == (None, 2)
     assert launcher_config("trainer.devices=[0,1]")["tasks_per_node"] == 2
     assert launcher_config()["_target_"] == "hydra_plugins.segbench_launcher.SlurmLauncher"
+
+
+def test_a_request_no_node_can_meet_is_refused_naming_what_is_short(monkeypatch):
+    from segbench import slurm
+    from segbench.errors import ConfigError
+
+    assert (slurm._gpus("gpu:a100:4(S:0-1),shard:8"), slurm._gpus("gpu:2"), slurm._gpus("(null)")) == (4, 2, 0)
+    nodes = [{"cpus": 64, "mem_mb": 512000, "gpus": 0}, {"cpus": 32, "mem_mb": 256000, "gpus": 4}]
+    monkeypatch.setattr(slurm, "partition_nodes", lambda partition: ("gpu", nodes))
+    # 4 tasks x 8 CPUs, 200 GB, 4 GPUs: the second node
+    slurm.check_request({"tasks_per_node": 4, "cpus_per_task": 8, "mem_gb": 200, "gpus_per_node": 4})
+    # 4 x 12 = 48 CPUs and 4 GPUs: each alone fits a node, together none
+    with pytest.raises(ConfigError, match=r"48 CPUs, 0 GB and 4 GPUs on one node, which no node has"):
+        slurm.check_request({"tasks_per_node": 4, "cpus_per_task": 12, "gpus_per_node": 4})
+    with pytest.raises(ConfigError, match=r"gpus_per_node=8 but its nodes have at most 4"):
+        slurm.check_request({"gpus_per_node": 8})
+    monkeypatch.setattr(slurm, "partition_nodes", lambda partition: ("cpu", nodes[:1]))
+    with pytest.raises(ConfigError, match=r"gpus_per_node=1 but its nodes have no GPUs: train on CPUs with trainer=cpu"):
+        slurm.check_request({"gpus_per_node": 1})
 
 
 def test_timeout_min_must_leave_time_for_the_signal_lead():
@@ -265,8 +285,7 @@ def test_cancel_ends_the_launcher_in_one_line_preemption_requeues_and_both_resum
     sweep, marks = tmp_path / "sweep", tmp_path / "marks"
     marks.mkdir()
     args = ["trainer.max_epochs=2", "+callbacks.pause._target_=slurm_pause.PauseAtEpoch", "+callbacks.pause.epoch=1",
-            "+callbacks.pause.marker=" + str(marks) + "/${callbacks.pause.name}", "+callbacks.pause.name=cancel,preempt,never",
-            f"hydra.sweep.dir={sweep}"]
+            f"+callbacks.pause.marker_dir={marks}", "+callbacks.pause.name=cancel,preempt,never", f"hydra.sweep.dir={sweep}"]
     command = [sys.executable, "-m", "segbench.train", *SLURM, *args]
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -292,11 +311,16 @@ def test_cancel_ends_the_launcher_in_one_line_preemption_requeues_and_both_resum
     assert status(sweep / "2")["attempt"] == 1
 
     # the same command again: the cancelled job resumes, the finished ones are not trained again
+    first = set(slurm_jobs(sweep))
     again = train(*args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("resuming from") == 1 and f"resuming from {sweep / '0'}" in again.stdout
-    assert again.stdout.count("holds a finished run of this config") == 2
+    logs = {job: "".join(p.read_text() for p in (sweep / ".submitit" / job).glob("*_log.out"))
+            for job in slurm_jobs(sweep) if job not in first}
+    assert [("resuming from" in log, "holds a finished run of this config" in log) for log in logs.values()] == \
+        [(True, False), (False, True), (False, True)]
     assert status(sweep / "0")["attempt"] == 2 and status(sweep / "0")["status"] == "done"
+    assert status(sweep / "0")["resumed_from"].endswith("last.ckpt")
+    assert (status(sweep / "1")["attempt"], status(sweep / "2")["attempt"]) == (2, 1)  # not run again
     reference = (sweep / "2" / "results" / "per_case.csv").read_text()
     assert (sweep / "1" / "results" / "per_case.csv").read_text() == reference  # preempted = uninterrupted
     assert (sweep / "0" / "results" / "per_case.csv").read_text() == reference  # cancelled + resumed = too
@@ -310,7 +334,7 @@ def test_a_time_limit_requeues_up_to_max_num_timeout_then_names_the_time_limit(t
     sweep, marks = tmp_path / "sweep", tmp_path / "marks"
     marks.mkdir()
     proc = train("trainer.max_epochs=2", "+callbacks.pause._target_=slurm_pause.PauseAtEpoch",
-                 "+callbacks.pause.epoch=1", f"+callbacks.pause.marker={marks / 'held'}", "+callbacks.pause.once=false",
+                 "+callbacks.pause.epoch=1", f"+callbacks.pause.marker_dir={marks}", "+callbacks.pause.once=false",
                  "hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=1",
                  f"hydra.sweep.dir={sweep}", env=env)
     assert proc.returncode == 1
