@@ -12,10 +12,11 @@
 # container without systemd or cgroups (Slurm 22.05 has no CgroupPlugin=disabled, so no cgroup.conf at all):
 # proctrack/linuxproc, task/none, jobacct_gather/none; select/cons_tres with CR_Core (one job per core);
 # EnforcePartLimits=ALL (sbatch refuses a request no node can meet instead of queueing it for ever);
-# AuthInfo=cred_expire=10 (a requeued job starts again after 10 s, not Slurm's default 120 s);
-# MailProg=/bin/true; the node line from `slurmd -C`; munged runs as the munge user. Accounting (slurmdbd on
-# MariaDB) lets submitit read the final state of a job that ended without writing its result (cancelled,
-# out of time) from sacct; without it submitit waits for such a job for ever.
+# AuthInfo=cred_expire=10 (a requeued job can start again after 10 s, not Slurm's default 120 s); a
+# scheduling pass every 5 s (so it does); MailProg=/bin/true; the node line from `slurmd -C`; munged runs
+# as the munge user. Accounting (slurmdbd on MariaDB) lets submitit read the final state of a job that
+# ended without writing its result (cancelled, out of time) from sacct; without it submitit waits for
+# such a job for ever.
 set -euo pipefail
 
 STATE=${SEGBENCH_SLURM_DIR:-/var/tmp/segbench-slurm}
@@ -83,6 +84,7 @@ SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 EnforcePartLimits=ALL
 SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=5,bf_interval=5
 ReturnToService=2
 KillWait=10
 StateSaveLocation=$STATE/ctld

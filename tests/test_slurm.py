@@ -61,9 +61,15 @@ def status(job_dir: Path) -> dict:
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(job_ids)],
-                         capture_output=True, text=True, check=True).stdout
-    return {row.split("|")[0]: row.split("|")[1] + " " + row.split("|")[2] for row in out.split()}
+    """Slurm's final state and exit code of each job (a job that wrote its result may still be ending)."""
+    for _ in range(120):
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State,ExitCode", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, check=True).stdout
+        states = {row.split("|")[0]: row.split("|")[1] + " " + row.split("|")[2] for row in out.split()}
+        if not any(s.startswith(("RUNNING", "COMPLETING", "PENDING")) for s in states.values()):
+            break
+        time.sleep(0.5)
+    return states
 
 
 def wait_for(path: Path, proc: subprocess.Popen, limit_s: float = 600) -> str:
