@@ -248,10 +248,11 @@ class SlurmLauncher(_SubmititSlurmLauncher):
         except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as exc:
             message = [ln for ln in str(exc).splitlines() if "error:" in ln.lower()] or str(exc).splitlines()[-1:]
             refuse(f"sbatch refused the sweep's jobs: {message[-1].strip()}")
-        ids = [job.job_id for job in jobs]
-        print(f"submitted {len(jobs)} job(s) to Slurm ({', '.join(ids) if len(ids) < 5 else f'{ids[0]} ... {ids[-1]}'}; "
-              f"squeue --me shows them; logs: {sweep_dir / '.submitit'})", flush=True)
-        self._watch(jobs, names)
+        print(f"submitted {len(jobs)} job(s) to Slurm (squeue --me shows them; logs: {sweep_dir / '.submitit'}):",
+              flush=True)
+        for job, name in zip(jobs, names):
+            print(f"  Slurm job {job.job_id}: {name}", flush=True)
+        self._watch(jobs, [name.split(" ", 1)[0] for name in names])
         return [self._outcome(job, overrides, idx, sweep_dir)
                 for idx, (job, overrides) in enumerate(zip(jobs, job_overrides), start=initial_job_idx)]
 
@@ -277,7 +278,7 @@ class SlurmLauncher(_SubmititSlurmLauncher):
                 state = job.state  # submitit polls squeue / sacct at most every few seconds
                 if state != seen.get(job.job_id) and state != "UNKNOWN":  # UNKNOWN: not yet in sacct
                     seen[job.job_id] = state
-                    print(f"Slurm job {job.job_id} {name}: {state}", flush=True)
+                    print(f"Slurm job {job.job_id} ({name}): {state}", flush=True)
                 done &= job.done()
             if done:
                 return

@@ -45,7 +45,7 @@ def train(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProc
 
 def summary_of(proc) -> str:
     """The launcher's own lines (job states, errors), without Hydra's and Lightning's chatter."""
-    keep = ("submitted", "Slurm job", "segbench-train", "  job", "resuming", "holds a finished")
+    keep = ("submitted", "Slurm job", "  Slurm job", "segbench-train", "  job", "resuming", "holds a finished")
     return "\n".join(ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith(keep))
 
 
