@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -67,10 +68,69 @@ def user_code_importable() -> None:
         sys.path.append(cwd)
 
 
+def device_count(devices) -> int:
+    """Processes a Lightning ``devices`` value starts on a node: 4 -> 4, [0, 1] / "0,1" -> 2, "auto" / -1 -> 1."""
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def slurm_gpus(accelerator, devices) -> int | None:
+    """GPUs a Slurm job asks for per node (``hydra/launcher=slurm``): one per device on ``trainer=gpu``
+    (and ``auto``, which the launcher drops on a partition without GPUs), none on ``trainer=cpu``."""
+    return None if str(accelerator) == "cpu" else device_count(devices)
+
+
+for _name, _resolver in {"segbench_devices": device_count, "segbench_slurm_gpus": slurm_gpus,
+                         "segbench_plus": lambda a, b: int(a) + int(b)}.items():
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _resolver)
+
+
+class RemoteError(Exception):
+    """An error re-raised from its text (a DataLoader worker's, a Slurm job's): ``type_name`` is the original type."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+
+def _last_traceback_line(text: str) -> RemoteError | None:
+    """``ValueError: bad`` at the end of a formatted traceback -> RemoteError("ValueError", "bad")."""
+    for line in reversed([ln for ln in text.splitlines() if ln.strip()]):
+        found = re.match(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt)): ?(.*)$", line.strip())
+        if found:
+            return RemoteError(found.group(1).rsplit(".", 1)[-1], found.group(2))
+    return None
+
+
 def unwrap(exc: BaseException) -> BaseException:
-    """The user's error inside Hydra's InstantiationException (``raise ... from`` keeps it as the cause)."""
-    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
-        exc = exc.__cause__
+    """The root cause inside the wrappers that the libraries segbench runs on put around it.
+
+    * Hydra's ``InstantiationException`` (``raise ... from`` the user's error);
+    * MONAI's ``RuntimeError("applying transform <...>")`` (``apply_transform``, raised from the cause);
+    * torch's re-raise of a DataLoader worker's error ("Caught ValueError in DataLoader worker process 0.
+      Original Traceback ..."): the last line of the worker's traceback;
+    * submitit's ``FailedJobError`` ("Job (task=0) failed during processing with trace: ...") for a job
+      that raised: the last line of the job's traceback.
+    """
+    for _ in range(20):  # wrappers nest (a worker's MONAI error in an instantiation), never deeply
+        text = str(exc)
+        if isinstance(exc, InstantiationException) and exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif isinstance(exc, RuntimeError) and text.startswith("applying transform") and exc.__cause__ is not None:
+            exc = exc.__cause__
+        elif text.startswith("Caught ") and "Original Traceback" in text:
+            exc = _last_traceback_line(text.split("Original Traceback", 1)[1]) or exc
+            break
+        elif type(exc).__name__ == "FailedJobError" and "failed during processing with trace" in text:
+            exc = _last_traceback_line(text.split("-" * 22)[1] if text.count("-" * 22) >= 2 else text) or exc
+            break
+        else:
+            break
     return exc
 
 

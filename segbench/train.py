@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap, user_code_importable
-from .errors import ConfigError
+from .errors import ConfigError, SegbenchError
 from .evaluation import atomic_write_text
 
 
@@ -193,15 +193,18 @@ def main(cfg: DictConfig) -> float | None:
             raise ConfigError(f"optimized_metric={metric!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
         summary = run(cfg, output_dir, overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded; user errors are one line
+        from .slurm import explain_stop
+
         user_error = isinstance(exc, USER_ERRORS)
-        exc = unwrap(exc)
+        exc = explain_stop(unwrap(exc))  # the root cause, not a wrapper's message (MONAI's, submitit's)
+        user_error = user_error or isinstance(exc, SegbenchError)
         if user_error:
             report_error(exc, "segbench-train")
         else:
             traceback.print_exc()
         if rank_zero_only.rank == 0:
             atomic_write_text(output_dir / "results" / "error.json",
-                              json.dumps({"error": str(exc), "type": type(exc).__name__}))
+                              json.dumps({"error": str(exc), "type": getattr(exc, "type_name", type(exc).__name__)}))
             rundir.update_status(output_dir, status="failed", overrides=overrides,
                                  error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
         if multirun:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import nibabel as nib
@@ -60,3 +64,34 @@ def blob_dataset(tmp_path: Path) -> Path:
 def phantom_dir(tmp_path_factory) -> Path:
     """One tiny phantom cache shared by the end-to-end tests of a session."""
     return tmp_path_factory.mktemp("data")
+
+
+#: set by the README's test command (.ci/run): a Slurm test cluster that cannot start fails the tests
+REQUIRE_SLURM = "SEGBENCH_REQUIRE_SLURM"
+SLURM_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "slurm_cluster.sh"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A single-node Slurm cluster with accounting on this machine (scripts/slurm_cluster.sh), for the
+    session; stopped at its end unless it was running before. Needs root and apt (or Slurm installed).
+    Without them the Slurm tests are skipped -- or fail, with the reason, under SEGBENCH_REQUIRE_SLURM=1."""
+
+    def unavailable(reason: str):
+        if os.environ.get(REQUIRE_SLURM) == "1":
+            pytest.fail(f"{REQUIRE_SLURM}=1 and no Slurm test cluster: {reason}", pytrace=False)
+        pytest.skip(f"no Slurm test cluster: {reason}")
+
+    if os.geteuid() != 0:
+        unavailable("scripts/slurm_cluster.sh installs and runs Slurm's daemons, which needs root")
+    if shutil.which("apt-get") is None and shutil.which("slurmctld") is None:
+        unavailable("Slurm is not installed and there is no apt-get to install it")
+    was_running = subprocess.run([str(SLURM_SCRIPT), "status"], capture_output=True).returncode == 0
+    start = time.monotonic()
+    proc = subprocess.run([str(SLURM_SCRIPT), "start"], capture_output=True, text=True, timeout=1200)
+    if proc.returncode != 0:
+        unavailable(f"scripts/slurm_cluster.sh start failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+    print(f"\nSlurm test cluster: {proc.stdout.strip().splitlines()[0]} ({time.monotonic() - start:.0f} s)")
+    yield
+    if not was_running:
+        subprocess.run([str(SLURM_SCRIPT), "stop"], capture_output=True, timeout=300)

@@ -168,11 +168,16 @@ def test_fig4_subset_on_the_phantom_makes_its_figure(phantom_dir, tmp_path, env)
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(phantom_dir, tmp_path, env):
     """``++loss.gamma`` sets gamma where the loss has it and adds it where it does not: the ce_dice job
-    stops at start-up with a one-line error, the afw_dice job trains, the table marks the failure."""
+    stops at start-up with a one-line error, the afw_dice job trains, the table marks the failure, and
+    the sweep exits 1 naming the failed job and its error."""
     sweep = tmp_path / "sweep"
     proc = segbench("train", "-m", "debug=smoke", "num_threads=1", "loss=ce_dice,afw_dice", "++loss.gamma=0.5",
                     f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"segbench-train: error: 1 of 2 jobs did not finish (sweep: {sweep}): job 0 (debug=smoke num_threads=1 "
+        "loss=ce_dice ++loss.gamma=0.5): failed: loss 'ce_dice' has no option 'gamma'; its options are: "
+        "lambda_ce, lambda_dice, include_background, smooth, batch, squared, ignore_index")
     error = json.loads((sweep / "0" / "results" / "error.json").read_text())
     assert error["error"].startswith("loss 'ce_dice' has no option 'gamma'; its options are: ")
     assert json.loads((sweep / "0" / "run.json").read_text())["status"] == "failed"

@@ -27,6 +27,7 @@ import pandas as pd
 import yaml
 
 from ..errors import SegbenchError
+from ..rundir import VOLATILE_KEYS
 
 #: metrics of the results contract, and whether larger is better
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "hd": False, "assd": False}
@@ -317,8 +318,12 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-#: config keys that legitimately differ between the seeds of one group
-_IGNORED_DIFFERENCES = re.compile(r"^(seed|paths\..*|ckpt_path|task_name|hydra\..*|.*(dir|path|root|version))$")
+#: config keys that legitimately differ between the seeds of one group: the seed, where files live, and
+#: every key that may differ between attempts of one run (:data:`segbench.rundir.VOLATILE_KEYS`: run_name
+#: resolves to each job's start time, and again when Slurm requeues it)
+_IGNORED_DIFFERENCES = re.compile(
+    r"^(seed|task_name|hydra\..*|.*(dir|path|root|version)|"
+    + "|".join(rf"{re.escape(k)}(\..*)?" for k in VOLATILE_KEYS) + ")$")
 
 
 def differing_keys(runs: Sequence[Run]) -> list[str]:
