@@ -40,8 +40,22 @@ C = len(NAMES)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def image_of(target: torch.Tensor) -> torch.Tensor:
+    """A piecewise-constant input image ``[B, 1, *spatial]`` whose regions are the target's labels
+    (intensity = label id / C): the image a perfect segmentation explains exactly."""
+    return target.unsqueeze(1).float() / C
+
+
 def make(name: str, **options):
-    return build_loss(name, num_classes=C, class_names=NAMES, **options)
+    """The loss as training builds it. A loss that reads the input image (``needs_image``:
+    ``level_set``) is given :func:`image_of` the target when a test calls it without one."""
+    loss = build_loss(name, num_classes=C, class_names=NAMES, **options)
+    if getattr(loss, "needs_image", False):
+        forward = loss.forward
+        loss.forward = lambda logits, target, maps=None, image=None: forward(
+            logits, target, maps, image_of(target.reshape(logits.shape[:1] + logits.shape[2:]))
+            if image is None else image)
+    return loss
 
 
 def random_case(spatial, classes=C, batch=2, seed=0, scale=3.0):
@@ -580,15 +594,16 @@ def test_label_ids_beyond_the_classes_are_rejected(name):
                                   if "reduction" in loss_options(n) and LOSSES[n].__module__.endswith("region")])
 def test_reduction_none_gives_per_class_values(name):
     logits, target = random_case(SPATIAL["2d"])
-    per_class = make(name, reduction="none")(logits, target)
+    per_sample = {"batch": False} if "batch" in loss_options(name) else {}  # [B, C'] rather than [C']
+    per_class = make(name, reduction="none", **per_sample)(logits, target)
     assert per_class.shape[0] == 2
-    close(make(name, reduction="mean")(logits, target), float(per_class.mean()))
-    close(make(name, reduction="sum")(logits, target), float(per_class.sum()), rel=1e-5)
+    close(make(name, reduction="mean", **per_sample)(logits, target), float(per_class.mean()))
+    close(make(name, reduction="sum", **per_sample)(logits, target), float(per_class.sum()), rel=1e-5)
 
 
 # ============================================================================ 6. invalid options
 INVALID = [
-    ("afw_dice", {"gamma": 0.0}, "gamma"),
+    ("afw_dice", {"gamma": -0.25}, "gamma"),
     ("afw_dice", {"gamma": -1.0}, "gamma"),
     ("afw_dice", {"focused_classes": ["pancrea"]}, "focused_classes"),
     ("afw_dice", {"focused_classes": [C]}, "focused_classes"),
@@ -622,6 +637,12 @@ INVALID = [
     ("exp_log", {"class_weights": [1.0]}, "class_weights"),
     ("topk_ce", {"k": 0.0}, "k"),
     ("topk_ce", {"k": 150.0}, "k"),
+    ("topk_ce", {"threshold": -0.1}, "threshold"),
+    ("wang_focal_dice", {"beta": 0.0}, "beta"),
+    ("level_set", {"fit": "labels"}, "fit"),
+    ("active_contour", {"ce_weights": "median"}, "ce_weights|class_weights"),
+    ("boundary", {"schedule": "linear"}, "schedule"),
+    ("boundary", {"region_floor": 1.5}, "region_floor"),
     ("sensitivity_specificity", {"sensitivity_weight": 2.0}, "sensitivity_weight"),
     ("generalized_dice", {"weight_type": "cube"}, "weight_type"),
     ("generalized_dice", {"absent_weight": "one"}, "absent_weight"),
