@@ -349,7 +349,9 @@ class LossInputs:
         ``sum s + sum g - 2 sum s g`` = ``sum |s - g|`` (one-hot ``g``), or ``sum (s - g)^2`` for
         V-Net's ``D = sum s^2 + sum g^2``. Near a perfect prediction ``D`` and ``2 TP`` agree to
         ~7 digits, so their float32 difference is mostly rounding; here each voxel's term is
-        ``s^c`` off its class and ``1 - s^y = -expm1(log s^y)`` (exact near 1) on it, summed in float64.
+        ``s^c`` off its class and ``1 - s^y = sum_{c != y} s^c`` on it (each small probability is
+        accurate to float32's relative precision, ``1 - s^y`` computed from ``s^y`` would not be),
+        summed in float64. Ignored voxels have ``s = 0`` in :attr:`flat_probs`: they add nothing.
         """
         key = ("mismatch", batch, squared)
         if key in self._counts:
@@ -357,11 +359,10 @@ class LossInputs:
         if batch:
             result = self.mismatch(False, squared).sum(0)
         else:
-            B = self.batch_size
-            miss = -torch.expm1(self.target_log_prob)                 # 1 - s^y
-            if self.valid is not None:
-                miss = miss * self.valid
-            q = self.flat_probs.scatter(1, self.target.reshape(B, 1, -1), miss.reshape(B, 1, -1)).double()
+            index = self.target.reshape(self.batch_size, 1, -1)
+            others = self.flat_probs.scatter(1, index, 0.0)           # s^c off the target class
+            miss = others.sum(1, keepdim=True)                        # 1 - s^y as the sum of the others
+            q = others.scatter(1, index, miss).double()               # |s - g| per class and voxel
             result = (q.square() if squared else q).sum(2)
         self._counts[key] = result
         return result
