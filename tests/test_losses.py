@@ -258,9 +258,11 @@ def test_focal_dice_parts_match_monai_dice_focal(dim, include_background):
     our ``focal(sigmoid=True)`` (our focal_dice uses the softmax focal loss on purpose)."""
     logits, target = random_case(SPATIAL[dim], seed=9)
     onehot = F.one_hot(target, C).movedim(-1, 1).float()
-    dice_only = monai_losses.DiceFocalLoss(include_background=include_background, softmax=True, lambda_focal=0.0)
-    ours_dice = make("focal_dice", include_background=include_background, lambda_focal=0.0)
-    close(ours_dice(logits, target), float(dice_only(logits, onehot)))
+    for batch in (False, True):  # per sample (MONAI's default) and batch-pooled (focal_dice's)
+        dice_only = monai_losses.DiceFocalLoss(include_background=include_background, softmax=True,
+                                               lambda_focal=0.0, batch=batch)
+        ours_dice = make("focal_dice", include_background=include_background, lambda_focal=0.0, batch=batch)
+        close(ours_dice(logits, target), float(dice_only(logits, onehot)))
     focal_only = monai_losses.DiceFocalLoss(include_background=True, softmax=True, lambda_dice=0.0, gamma=1.5)
     close(make("focal", sigmoid=True, gamma=1.5)(logits, target), float(focal_only(logits, onehot)))
 
@@ -270,11 +272,13 @@ def test_ce_gd_is_torch_ce_plus_monai_generalized_dice(dim, include_background):
     # MONAI ships no CE + GD: compare with torch's CE + MONAI's GeneralizedDiceLoss (raw 1/n^2 weights)
     logits, target = random_case(SPATIAL[dim], seed=13)
     target[target == 2] = 1  # an absent class
-    gd = monai_losses.GeneralizedDiceLoss(include_background=include_background, to_onehot_y=True, softmax=True)
-    expected = 0.4 * F.cross_entropy(logits, target) + 1.5 * gd(logits, target.unsqueeze(1))
-    ours = make("ce_gd", include_background=include_background, normalize_weights=False, lambda_ce=0.4,
-                lambda_gd=1.5)
-    close(ours(logits, target), float(expected))
+    for batch in (False, True):  # per sample (MONAI's default) and batch-pooled (ce_gd's)
+        gd = monai_losses.GeneralizedDiceLoss(include_background=include_background, to_onehot_y=True,
+                                              softmax=True, batch=batch)
+        expected = 0.4 * F.cross_entropy(logits, target) + 1.5 * gd(logits, target.unsqueeze(1))
+        ours = make("ce_gd", include_background=include_background, normalize_weights=False, lambda_ce=0.4,
+                    lambda_gd=1.5, batch=batch)
+        close(ours(logits, target), float(expected))
 
 
 @pytest.mark.parametrize("dim", SPATIAL)

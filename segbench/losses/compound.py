@@ -78,10 +78,13 @@ class FocalDiceLoss(CompoundLoss):
     :class:`~segbench.losses.distribution.FocalLoss` (``gamma``, ``alpha``).
     MONAI's ``DiceFocalLoss`` uses a *sigmoid* focal term even with
     ``softmax=True`` (MONAI issue 8242); its Dice part equals ours.
+    ``batch`` defaults to True (batch Dice), pooled as ``ce_dice`` and ``afw_dice`` are, so that
+    the baselines of the AFW-Dice paper's Tables 1 and 2 differ in their loss only (see
+    :class:`CEDiceLoss` for why per-slice Dice handicaps small organs).
     """
 
     def __init__(self, lambda_focal: float = 1.0, lambda_dice: float = 1.0, gamma: float = 2.0, alpha=None,
-                 include_background: bool = False, smooth: float = 1e-5, batch: bool = False, squared: bool = False,
+                 include_background: bool = False, smooth: float = 1e-5, batch: bool = True, squared: bool = False,
                  ignore_index: int | None = None, num_classes: int | None = None):
         super().__init__()
         self.ignore_index = ignore_index
@@ -100,12 +103,13 @@ class CEGeneralizedDiceLoss(CompoundLoss):
 
     GD options as :class:`~segbench.losses.region.GeneralizedDiceLoss`:
     ``weight_type``, ``absent_weight``, ``normalize_weights``, ``include_background``,
-    ``smooth``, ``batch``.
+    ``smooth``, ``batch``. ``batch`` defaults to True: the sums and the class weights
+    ``1 / n_c^2`` are pooled over the batch, as the other Table 1 / 2 baselines pool theirs.
     """
 
     def __init__(self, lambda_ce: float = 1.0, lambda_gd: float = 1.0, weight_type: str = "square",
                  absent_weight: str = "max", normalize_weights: bool = True, include_background: bool = False,
-                 smooth: float = 1e-5, batch: bool = False, ignore_index: int | None = None):
+                 smooth: float = 1e-5, batch: bool = True, ignore_index: int | None = None):
         super().__init__()
         self.ignore_index = ignore_index
         self.terms = nn.ModuleDict({
