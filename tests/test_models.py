@@ -223,7 +223,8 @@ def test_unetr_pp_parameter_count_is_the_architectures():
     # the paper's Synapse network (64 x 128 x 128 input, 14 classes) has 42.96 M parameters with its two
     # deep-supervision heads (2 x 14 + 32 x 14 + 64 x 14 = 1,372 of them), which segbench does not train
     paper = UNETRPP(num_classes=14, img_size=(64, 128, 128))
-    assert (sum(p.numel() for p in paper.parameters()) + 32 * 14 + 14 + 64 * 14 + 14) / 1e6 == pytest.approx(42.96, abs=0.01)
+    heads = 32 * 14 + 14 + 64 * 14 + 14
+    assert (sum(p.numel() for p in paper.parameters()) + heads) / 1e6 == pytest.approx(42.96, abs=0.01)
 
 
 def test_transunet_paper_configuration_size():

@@ -36,7 +36,8 @@ def test_quickstart_description_matches_its_config():
         f"at width {cfg.model.width} ({widths};",
         f"{cfg.data.img_size} x {cfg.data.img_size} axial slices",
         f"batch {cfg.data.batch_size},",
-        f"SGD (lr {cfg.optimizer.lr}, momentum {cfg.optimizer.momentum}, weight decay {short(cfg.optimizer.weight_decay)})",
+        f"SGD (lr {cfg.optimizer.lr}, momentum {cfg.optimizer.momentum}, "
+        f"weight decay {short(cfg.optimizer.weight_decay)})",
         f"poly decay per {cfg.scheduler.interval}",
         f"for {cfg.trainer.max_epochs} epochs",
         f"splits it {cfg.data.split.train} train / {cfg.data.split.val} validation / {cfg.data.split.test} test",
