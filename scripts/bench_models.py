@@ -35,7 +35,7 @@ from segbench.models import MODELS  # noqa: E402
 
 #: the dimensionalities each model supports
 DIMS = {"unet": (2, 3), "unet3d": (3,), "unetpp": (2, 3), "attention_unet": (2, 3), "segresnet": (2, 3),
-        "swin_unetr": (2, 3), "unetr": (2, 3), "transunet": (2,)}
+        "swin_unetr": (2, 3), "unetr": (2, 3), "unetr_pp": (3,), "transunet": (2,)}
 
 
 def build_net(name: str, dims: int, size: int):

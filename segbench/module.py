@@ -116,7 +116,7 @@ class SegModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"))
+        loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"), **self._loss_image(batch))
         if self.consistency["weight"] > 0:
             consistency = perturbation_consistency(self, batch["image"], logits, self.consistency["perturbation"],
                                                    self.consistency["noise_std"])
@@ -132,6 +132,11 @@ class SegModule(pl.LightningModule):
         for key, value in self.loss_fn.log_values().items():
             self.log(f"loss/{key}", value, on_step=True, on_epoch=False, batch_size=batch_size)
         return loss
+
+    def _loss_image(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``{"image": x}`` for losses that read the input image (``level_set``: Kim & Ye's
+        intensities), ``{}`` for the others (a user's loss need not accept the argument)."""
+        return {"image": batch["image"]} if getattr(self.loss_fn, "needs_image", False) else {}
 
     def configure_optimizers(self):
         optimizer = self.optimizer_factory(params=self.parameters())
@@ -151,7 +156,8 @@ class SegModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits = self.infer(batch["image"])
-        self.log("val/loss", self.loss_fn(logits, batch["label"]), on_epoch=True, batch_size=len(logits),
+        self.log("val/loss", self.loss_fn(logits, batch["label"], **self._loss_image(batch)), on_epoch=True,
+                 batch_size=len(logits),
                  sync_dist=True)
         pred = logits.argmax(1)
         target = batch["label"]

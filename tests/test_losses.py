@@ -40,8 +40,22 @@ C = len(NAMES)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def image_of(target: torch.Tensor) -> torch.Tensor:
+    """A piecewise-constant input image ``[B, 1, *spatial]`` whose regions are the target's labels
+    (intensity = label id / C): the image a perfect segmentation explains exactly."""
+    return target.unsqueeze(1).float() / C
+
+
 def make(name: str, **options):
-    return build_loss(name, num_classes=C, class_names=NAMES, **options)
+    """The loss as training builds it. A loss that reads the input image (``needs_image``:
+    ``level_set``) is given :func:`image_of` the target when a test calls it without one."""
+    loss = build_loss(name, num_classes=C, class_names=NAMES, **options)
+    if getattr(loss, "needs_image", False):
+        forward = loss.forward
+        loss.forward = lambda logits, target, maps=None, image=None: forward(
+            logits, target, maps, image_of(target.reshape(logits.shape[:1] + logits.shape[2:]))
+            if image is None else image)
+    return loss
 
 
 def random_case(spatial, classes=C, batch=2, seed=0, scale=3.0):
@@ -244,9 +258,11 @@ def test_focal_dice_parts_match_monai_dice_focal(dim, include_background):
     our ``focal(sigmoid=True)`` (our focal_dice uses the softmax focal loss on purpose)."""
     logits, target = random_case(SPATIAL[dim], seed=9)
     onehot = F.one_hot(target, C).movedim(-1, 1).float()
-    dice_only = monai_losses.DiceFocalLoss(include_background=include_background, softmax=True, lambda_focal=0.0)
-    ours_dice = make("focal_dice", include_background=include_background, lambda_focal=0.0)
-    close(ours_dice(logits, target), float(dice_only(logits, onehot)))
+    for batch in (False, True):  # per sample (MONAI's default) and batch-pooled (focal_dice's)
+        dice_only = monai_losses.DiceFocalLoss(include_background=include_background, softmax=True,
+                                               lambda_focal=0.0, batch=batch)
+        ours_dice = make("focal_dice", include_background=include_background, lambda_focal=0.0, batch=batch)
+        close(ours_dice(logits, target), float(dice_only(logits, onehot)))
     focal_only = monai_losses.DiceFocalLoss(include_background=True, softmax=True, lambda_dice=0.0, gamma=1.5)
     close(make("focal", sigmoid=True, gamma=1.5)(logits, target), float(focal_only(logits, onehot)))
 
@@ -256,11 +272,13 @@ def test_ce_gd_is_torch_ce_plus_monai_generalized_dice(dim, include_background):
     # MONAI ships no CE + GD: compare with torch's CE + MONAI's GeneralizedDiceLoss (raw 1/n^2 weights)
     logits, target = random_case(SPATIAL[dim], seed=13)
     target[target == 2] = 1  # an absent class
-    gd = monai_losses.GeneralizedDiceLoss(include_background=include_background, to_onehot_y=True, softmax=True)
-    expected = 0.4 * F.cross_entropy(logits, target) + 1.5 * gd(logits, target.unsqueeze(1))
-    ours = make("ce_gd", include_background=include_background, normalize_weights=False, lambda_ce=0.4,
-                lambda_gd=1.5)
-    close(ours(logits, target), float(expected))
+    for batch in (False, True):  # per sample (MONAI's default) and batch-pooled (ce_gd's)
+        gd = monai_losses.GeneralizedDiceLoss(include_background=include_background, to_onehot_y=True,
+                                              softmax=True, batch=batch)
+        expected = 0.4 * F.cross_entropy(logits, target) + 1.5 * gd(logits, target.unsqueeze(1))
+        ours = make("ce_gd", include_background=include_background, normalize_weights=False, lambda_ce=0.4,
+                    lambda_gd=1.5, batch=batch)
+        close(ours(logits, target), float(expected))
 
 
 @pytest.mark.parametrize("dim", SPATIAL)
@@ -340,6 +358,41 @@ def test_hand_topk():
     # k = 50 %: the 2 largest CEs .51083 and .35667 -> 0.433750
     logits, target = hand_case()
     close(build_loss("topk_ce", k=50)(logits, target), (CE_PIXELS[1] + CE_PIXELS[2]) / 2)
+
+
+def test_hand_topk_threshold_variant():
+    # CEs [.22314, .51083, .35667, .10536]; threshold t = .3 keeps .51083 and .35667 -> .433750,
+    # t = .2 keeps three -> (.22314 + .51083 + .35667) / 3 = .363547; t = .6 keeps none -> 0
+    logits, target = hand_case()
+    close(build_loss("topk_ce", threshold=0.3)(logits, target), (CE_PIXELS[1] + CE_PIXELS[2]) / 2)
+    close(build_loss("topk_ce", threshold=0.2)(logits, target), sum(CE_PIXELS[:3]) / 3)
+    x = logits.clone().requires_grad_(True)
+    none_left = build_loss("topk_ce", threshold=0.6)(x, target)
+    none_left.backward()
+    assert float(none_left) == 0.0 and torch.isfinite(x.grad).all()
+    # the probability reading: t = -ln .7 keeps the pixels whose target probability is below .7 (.6 only;
+    # .7 itself is not strictly below)
+    close(build_loss("topk_ce", threshold=-math.log(0.7) + 1e-6)(logits, target), CE_PIXELS[1])
+    # an ignored pixel is never kept: ignore pixel 1 (CE .51083), t = .3 keeps .35667 alone
+    ignored = target.clone()
+    ignored[0, 0, 1] = 9
+    close(build_loss("topk_ce", threshold=0.3, ignore_index=9)(logits, ignored), CE_PIXELS[2])
+
+
+def test_hand_wang_focal_dice():
+    # Wang & Chung: sum over foreground classes of 1 - DSC^(1/beta). Class 1: DSC = 2.8 / 3.8 = .736842
+    # beta = 2: 1 - sqrt(.736842) = 1 - .858395 = .141605 (plain Dice loss: .263158)
+    logits, target = hand_case()
+    close(build_loss("wang_focal_dice", smooth=0)(logits, target), 1 - math.sqrt(2.8 / 3.8))
+    close(build_loss("wang_focal_dice", smooth=0, beta=1.0)(logits, target), DICE_1)
+    # background included: + 1 - sqrt(3.2 / 4.2)
+    close(build_loss("wang_focal_dice", smooth=0, include_background=True)(logits, target),
+          2 - math.sqrt(2.8 / 3.8) - math.sqrt(3.2 / 4.2))
+    # a worse class gains more from the same Dice improvement (the focal effect): d/dD of 1 - D^(1/2)
+    # is -1 / (2 sqrt(D)), larger in magnitude at D = .25 (1) than at D = .81 (.556)
+    assert 1 / (2 * math.sqrt(0.25)) > 1 / (2 * math.sqrt(0.81))
+    assert "focal_dice" in available_losses() and build_loss("focal_dice").__class__ is not \
+        build_loss("wang_focal_dice").__class__
 
 
 def test_hand_sensitivity_specificity():
@@ -582,15 +635,16 @@ def test_label_ids_beyond_the_classes_are_rejected(name):
                                   if "reduction" in loss_options(n) and LOSSES[n].__module__.endswith("region")])
 def test_reduction_none_gives_per_class_values(name):
     logits, target = random_case(SPATIAL["2d"])
-    per_class = make(name, reduction="none")(logits, target)
+    per_sample = {"batch": False} if "batch" in loss_options(name) else {}  # [B, C'] rather than [C']
+    per_class = make(name, reduction="none", **per_sample)(logits, target)
     assert per_class.shape[0] == 2
-    close(make(name, reduction="mean")(logits, target), float(per_class.mean()))
-    close(make(name, reduction="sum")(logits, target), float(per_class.sum()), rel=1e-5)
+    close(make(name, reduction="mean", **per_sample)(logits, target), float(per_class.mean()))
+    close(make(name, reduction="sum", **per_sample)(logits, target), float(per_class.sum()), rel=1e-5)
 
 
 # ============================================================================ 6. invalid options
 INVALID = [
-    ("afw_dice", {"gamma": 0.0}, "gamma"),
+    ("afw_dice", {"gamma": -0.25}, "gamma"),
     ("afw_dice", {"gamma": -1.0}, "gamma"),
     ("afw_dice", {"focused_classes": ["pancrea"]}, "focused_classes"),
     ("afw_dice", {"focused_classes": [C]}, "focused_classes"),
@@ -624,6 +678,12 @@ INVALID = [
     ("exp_log", {"class_weights": [1.0]}, "class_weights"),
     ("topk_ce", {"k": 0.0}, "k"),
     ("topk_ce", {"k": 150.0}, "k"),
+    ("topk_ce", {"threshold": -0.1}, "threshold"),
+    ("wang_focal_dice", {"beta": 0.0}, "beta"),
+    ("level_set", {"fit": "labels"}, "fit"),
+    ("active_contour", {"ce_weights": "median"}, "ce_weights|class_weights"),
+    ("boundary", {"schedule": "linear"}, "schedule"),
+    ("boundary", {"region_floor": 1.5}, "region_floor"),
     ("sensitivity_specificity", {"sensitivity_weight": 2.0}, "sensitivity_weight"),
     ("generalized_dice", {"weight_type": "cube"}, "weight_type"),
     ("generalized_dice", {"absent_weight": "one"}, "absent_weight"),
@@ -813,6 +873,86 @@ def test_afw_dice_code_reproduces_the_authors_code():
     afw_code = (coeffs[1:] * losses[1:] ** 0.25).sum() + torch.log(torch.exp(s).prod() + 1) + coeffs[0] * losses[0]
     expected = 0.5 * F.cross_entropy(logits, target) + 0.5 * afw_code
     close(loss(logits, target), float(expected))
+
+
+def near_perfect_case(margin):
+    """Two 32 x 32 samples of 4 classes, logits ``margin * g`` plus noise (seeded)."""
+    target = torch.randint(0, C, (2, 32, 32), generator=torch.Generator().manual_seed(0))
+    noise = 0.5 * torch.randn(2, C, 32, 32, generator=torch.Generator().manual_seed(1))
+    return margin * F.one_hot(target, C).movedim(-1, 1).float() + noise, target
+
+
+def afw_float64(logits, target, squared, lam, gamma=0.25, clamp=1e-6):
+    """AFW-Dice (every weight 1 at s = 0, regulariser ln 2, every organ focused) in float64."""
+    p = logits.double().softmax(1)
+    g = F.one_hot(target, C).movedim(-1, 1).double()
+    dims = (0, 2, 3)
+    denominator = ((p * p).sum(dims) if squared else p.sum(dims)) + g.sum(dims)
+    dice_loss = 1 - (2 * (p * g).sum(dims) + 1e-5) / (denominator + 1e-5)
+    terms = torch.cat([dice_loss[:1], dice_loss[1:].clamp_min(clamp) ** gamma])
+    ce = -(p.log() * g).sum(1).mean()
+    return float(lam * ce + lam * (terms.sum() + math.log(2))), dice_loss
+
+
+@pytest.mark.parametrize("name,squared,lam,margin", [("afw_dice_code", True, 0.5, 8.0), ("afw_dice", False, 1.0, 15.0)])
+def test_afw_near_a_perfect_prediction_matches_float64(name, squared, lam, margin):
+    # near a perfect prediction D_c and 2 TP_c agree to ~7 digits: 1 - ratio in float32 (sum s^2 as
+    # vector_norm(s)^2) was off by 2.3e-3 (code, margin 8) / 2.9e-4 (printed, margin 15) of the loss;
+    # the mismatch sum |s - g| (or (s - g)^2) in float64 is exact to float32's resolution
+    logits, target = near_perfect_case(margin)
+    expected, dice_loss = afw_float64(logits, target, squared, lam)
+    assert 1e-9 < float(dice_loss[1:].max()) < 1e-3  # a near-perfect, not a clamped, case
+    loss = make(name)
+    close(loss(logits, target), expected, rel=1e-6, abs_=0.0)
+    got = loss.dice_losses(LossInputs(logits, target, log_domain=True)).double()
+    torch.testing.assert_close(got, dice_loss, rtol=1e-4, atol=0.0)
+
+
+def test_afw_gamma_0_runs_and_is_ce_plus_the_backgrounds_dice():
+    # Figure 3's first point. gamma = 0: every focused term is clamp(L)^0 = 1, a constant; the loss is
+    # CE + L_0 (the unfocused background's Dice loss) + (C - 1) + ln 2 (s = 0), and its gradient is
+    # CE's plus the background Dice's: "degenerates to roughly CE alone"
+    logits, target = random_case(SPATIAL["2d"], seed=11)
+    x = logits.clone().requires_grad_(True)
+    value = make("afw_dice", gamma=0.0)(x, target)
+    value.backward()
+    y = logits.clone().requires_grad_(True)
+    ce = F.cross_entropy(y, target)
+    background = make("dice", batch=True, reduction="none")(y, target)[0]
+    reference = ce + background
+    reference.backward()
+    close(value, float(reference) + (C - 1) + math.log(2))
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-5, atol=1e-8)
+    # at a perfect prediction too (clamped terms, 0^0 never evaluated)
+    perfect = perfect_logits(target).requires_grad_(True)
+    v = make("afw_dice", gamma=0.0)(perfect, target)
+    v.backward()
+    assert torch.isfinite(v) and torch.isfinite(perfect.grad).all()
+
+
+def test_combo_near_a_perfect_prediction_matches_float64():
+    # alpha = 1, beta = 0: the false-positive half of the weighted CE, -mean sum_{c != y} log(1 - s^c).
+    # Off-target log(1 - s) with s ~ 1e-7 needs log1p(-s); the target's own log(1 - s^y) ~ -16 must
+    # not be added to the class sum and subtracted again (the old code's error here: ~25 %).
+    # (beta > 0 adds -log s^y, whose float32 log-softmax is as good as the logits' magnitude allows.)
+    logits, target = near_perfect_case(15.0)
+    p = logits.double().softmax(1)
+    g = F.one_hot(target, C).movedim(-1, 1).double()
+    expected = -((1 - g) * torch.log1p(-p)).sum(1).mean()
+    close(make("combo", alpha=1.0, beta=0.0)(logits, target), float(expected), rel=1e-5, abs_=0.0)
+
+
+def test_exp_log_near_a_perfect_prediction_matches_float64():
+    # -ln Dice_c = -log1p(-L_c) with L_c ~ 1e-6: -ln(1 - L) in float32 keeps ~1 digit of L
+    logits, target = near_perfect_case(15.0)
+    p = logits.double().softmax(1)
+    g = F.one_hot(target, C).movedim(-1, 1).double()
+    dims = (2, 3)
+    dice = (2 * (p * g).sum(dims) + 1.0) / (p.sum(dims) + g.sum(dims) + 1.0)     # per sample, smooth 1
+    dice_term = (-torch.log(dice)).clamp_min(1e-12).pow(0.3).mean()
+    loss = make("exp_log", class_weights=None, lambda_ce=0.0)
+    close(loss(logits, target), float(0.8 * dice_term), rel=1e-5, abs_=0.0)
 
 
 def test_afw_clamp_keeps_the_perfect_class_finite():

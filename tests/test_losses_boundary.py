@@ -46,6 +46,16 @@ def close(value, expected, rel=1e-5, abs_=1e-6):
     assert value == pytest.approx(expected, rel=rel, abs=abs_), (value, expected)
 
 
+def with_image_of_target(loss):
+    """``loss``, given a piecewise-constant input image of the target's labels (intensity = label id)
+    whenever it reads the image (``level_set``) and a test calls it without one."""
+    if getattr(loss, "needs_image", False):
+        forward = loss.forward
+        loss.forward = lambda logits, target, maps=None, image=None: forward(
+            logits, target, maps, target.unsqueeze(1).float() if image is None else image)
+    return loss
+
+
 def binary_logits(s1) -> torch.Tensor:
     """Logits ``[1, 2, *shape]`` whose softmax gives ``s^1 = s1`` (and ``s^0 = 1 - s1``)."""
     s1 = torch.as_tensor(s1, dtype=torch.float64)
@@ -80,8 +90,11 @@ def test_boundary_term_hand_value():
     logits = binary_logits(LINE_S1)
     inputs = LossInputs(logits, LINE_TARGET)
     close(loss.terms["boundary"].compute(inputs), 0.05)
-    # epoch 0: alpha = .01 -> (1 - .01) * .250627 + .01 * .05 = .248620
-    close(loss(logits, LINE_TARGET), 0.99 * LINE_DICE + 0.01 * 0.05)
+    # epoch 0 of the reference schedule (steal): region weight 1, alpha = .01 -> .250627 + .0005
+    close(loss(logits, LINE_TARGET), LINE_DICE + 0.01 * 0.05)
+    # rebalance: (1 - .01) * .250627 + .01 * .05 = .248620
+    close(build_loss("boundary", num_classes=2, schedule="rebalance", alpha_max=1.0)(logits, LINE_TARGET),
+          0.99 * LINE_DICE + 0.01 * 0.05)
 
 
 def test_boundary_spacing_scales_distances_as_the_reference():
@@ -102,9 +115,31 @@ def test_boundary_absent_class_contributes_zero():
     assert float(loss.terms["boundary"].compute(LossInputs(logits, torch.zeros_like(LINE_TARGET)))) == 0.0
 
 
-def test_boundary_schedule_through_the_epoch_hook():
+def test_boundary_default_schedule_is_the_reference_codes_steal_weight():
+    # LIVIA-ETS scheduler.py StealWeight(0.01) on the weights [1, .01], applied after every epoch:
+    # epoch e trains with region max(.1, 1 - .01 e) and boundary .01 + .01 e (no upper bound)
     loss = build_loss("boundary", num_classes=2)
-    assert loss.log_values() == {"alpha": pytest.approx(0.01)}
+    assert loss.schedule == "steal"
+    assert loss.log_values() == {"alpha": pytest.approx(0.01), "region_weight": pytest.approx(1.0)}
+    expected = {0: (1.0, 0.01), 10: (0.90, 0.11), 89: (0.11, 0.90), 90: (0.10, 0.91), 99: (0.10, 1.00),
+                149: (0.10, 1.50)}
+    for epoch, (region, boundary) in expected.items():
+        loss.on_train_epoch_start(epoch, 150)
+        assert loss.weights == {"region": pytest.approx(region), "boundary": pytest.approx(boundary)}, epoch
+    # the last epoch of a 150-epoch run: .1 * .250627 + 1.5 * .05 = .100063
+    close(loss(binary_logits(LINE_S1), LINE_TARGET), 0.1 * LINE_DICE + 1.5 * 0.05)
+    # the same weights as the reference's recursion w <- (max(.1, w_R - .01), w_B + .01)
+    w_region, w_boundary = 1.0, 0.01
+    for epoch in range(150):
+        loss.on_train_epoch_start(epoch, 150)
+        assert loss.weights["region"] == pytest.approx(w_region)
+        assert loss.weights["boundary"] == pytest.approx(w_boundary)
+        w_region, w_boundary = max(0.1, w_region - 0.01), w_boundary + 0.01
+
+
+def test_boundary_schedule_through_the_epoch_hook():
+    loss = build_loss("boundary", num_classes=2, schedule="rebalance", alpha_max=1.0)
+    assert loss.log_values() == {"alpha": pytest.approx(0.01), "region_weight": pytest.approx(0.99)}
     loss.on_train_epoch_start(9, 100)       # alpha = .01 + 9 * .01 = .10
     assert loss.alpha == pytest.approx(0.10)
     assert loss.weights == {"region": pytest.approx(0.90), "boundary": pytest.approx(0.10)}
@@ -112,9 +147,9 @@ def test_boundary_schedule_through_the_epoch_hook():
     close(loss(binary_logits(LINE_S1), LINE_TARGET), 0.5 * LINE_DICE + 0.5 * 0.05)
     loss.on_train_epoch_start(500, 1000)    # capped at alpha_max = 1: the region term is dropped
     assert loss.alpha == 1.0 and loss.weights["region"] == 0.0
-    capped = build_loss("boundary", alpha_max=0.05)
+    capped = build_loss("boundary", schedule="rebalance", alpha_max=0.05)
     capped.on_train_epoch_start(20, 100)
-    assert capped.log_values() == {"alpha": pytest.approx(0.05)}
+    assert capped.log_values() == {"alpha": pytest.approx(0.05), "region_weight": pytest.approx(0.95)}
     # increase: L_R + alpha L_B, unbounded with alpha_max null
     increase = build_loss("boundary", schedule="increase", alpha_max=None, alpha_start=0.5, alpha_step=0.5)
     increase.on_train_epoch_start(3, 10)    # alpha = .5 + 3 * .5 = 2
@@ -127,7 +162,7 @@ def test_boundary_region_loss_by_name_and_options():
                       num_classes=2)
     gd = build_loss("generalized_dice", include_background=False)
     logits = binary_logits(LINE_S1)
-    close(loss(logits, LINE_TARGET), 0.99 * float(gd(logits, LINE_TARGET)) + 0.01 * 0.05)
+    close(loss(logits, LINE_TARGET), float(gd(logits, LINE_TARGET)) + 0.01 * 0.05)
 
 
 @pytest.mark.parametrize("dim", SPATIAL)
@@ -143,9 +178,9 @@ def test_boundary_term_matches_monai(dim):
     expected = float(theirs(logits, target.unsqueeze(1)))
     close(loss.terms["boundary"](logits, target), expected)
     assert abs(expected) > 1e-3  # a real comparison, not 0 == 0
-    # the compound at epoch 0: .99 * Dice (background included, segbench's dice default) + .01 * L_B
+    # the compound at epoch 0: 1 * Dice (background included, segbench's dice default) + .01 * L_B
     dice = monai_losses.DiceLoss(to_onehot_y=True, softmax=True)
-    close(loss(logits, target), 0.99 * float(dice(logits, target.unsqueeze(1))) + 0.01 * expected)
+    close(loss(logits, target), float(dice(logits, target.unsqueeze(1))) + 0.01 * expected)
 
 
 def test_distance_maps_do_not_depend_on_the_edt_kernel(monkeypatch):
@@ -155,7 +190,7 @@ def test_distance_maps_do_not_depend_on_the_edt_kernel(monkeypatch):
 
     logits, target = blob_batch(SPATIAL["2d"])
     for name in BOUNDARY_LOSSES:
-        loss = build_loss(name, num_classes=4)
+        loss = with_image_of_target(build_loss(name, num_classes=4))
         with_scipy = float(loss(logits, target))
         real = edt._squared_edt
         monkeypatch.setattr(edt, "_squared_edt",
@@ -348,10 +383,66 @@ def test_active_contour_by_hand():
     #   Length = sqrt(.25 + .04 + 1e-8) = .538516
     # Region = mean u (v - 1)^2 + mean (1 - u) v^2 = (.3 + .1)/4 + (.2 + .4)/4 = .1 + .15 = .25
     # L = CE + 1 * (Length + 1 * Region) = .299001 + .788516 = 1.087517
+    # (two pixels per class: the inverse-frequency weights N / (K n_c) = 4 / (2 * 2) are 1, WCE = CE)
     loss = build_loss("active_contour")
     close(loss(binary_logits(SQUARE_S1), SQUARE_TARGET), SQUARE_CE + math.sqrt(0.29 + 1e-8) + 0.25)
     close(build_loss("active_contour", lambda_contour=2.0, lambda_region=0.5)(binary_logits(SQUARE_S1), SQUARE_TARGET),
           SQUARE_CE + 2 * (math.sqrt(0.29 + 1e-8) + 0.5 * 0.25))
+
+
+def test_active_contour_adds_the_seeds_weighted_ce():
+    # target [[1, 0], [0, 0]]: n_1 = 1, n_0 = 3, K = 2, N = 4 -> w_1 = 4 / (2 * 1) = 2, w_0 = 4 / (2 * 3) = 2/3
+    # WCE = (2 (-ln .8) + 2/3 (-ln .4 - ln .7 - ln .9)) / 4 = (.446287 + 2/3 * 1.378326) / 4 = .341293
+    # Length = sqrt(.25 + .04 + 1e-8) as above; Region = (0 + .6 + .3 + .1) / 4 + .2 / 4 = .25 + .05 = .3
+    target = torch.tensor([[[1, 0], [0, 0]]])
+    wce = (2 * -math.log(0.8) + 2 / 3 * -(math.log(0.4) + math.log(0.7) + math.log(0.9))) / 4
+    contour = math.sqrt(0.29 + 1e-8) + 0.3
+    close(build_loss("active_contour")(binary_logits(SQUARE_S1), target), wce + contour)
+    # ce_weights: null is the plain CE
+    ce = -(math.log(0.8) + math.log(0.4) + math.log(0.7) + math.log(0.9)) / 4
+    close(build_loss("active_contour", ce_weights=None)(binary_logits(SQUARE_S1), target), ce + contour)
+
+
+SQUARE_IMAGE = torch.tensor([[[[0.9, 0.7], [0.2, 0.0]]]])  # input intensities [1, 1, 2, 2]
+
+
+def test_level_set_fits_the_image_intensities_by_hand():
+    # Kim & Ye: x = the image [.9, .7, .2, 0] (raster); y^1 = [.8, .6, .3, .1], y^0 = 1 - y^1
+    # region 1: mass 1.8, sum y1 x = .72 + .42 + .06 = 1.2, sum y1 x^2 = .648 + .294 + .012 = .954
+    #           fit = .954 - 1.2^2 / 1.8 = .154
+    # region 0: mass 2.2, sum y0 x = .18 + .28 + .14 = .6, sum y0 x^2 = .162 + .196 + .028 = .386
+    #           fit = .386 - .36 / 2.2 = .222364
+    # TV = 2.8 (as below), * .1 = .28;  MS = (.154 + .222364 + .28) / 4 = .164091;  L = CE + MS = .463092
+    ms = (0.154 + (0.386 - 0.36 / 2.2) + 0.28) / 4
+    loss = build_loss("level_set")
+    assert loss.needs_image
+    logits = binary_logits(SQUARE_S1)
+    close(loss(logits, SQUARE_TARGET, image=SQUARE_IMAGE), SQUARE_CE + ms)
+    close(loss(logits, SQUARE_TARGET, image=SQUARE_IMAGE[:, 0]), SQUARE_CE + ms)  # [B, H, W] accepted
+    # the fit follows the image, not the labels: the same intensities moved, another value
+    moved = SQUARE_IMAGE.flatten()[[3, 0, 1, 2]].reshape(1, 1, 2, 2)
+    assert float(loss(logits, SQUARE_TARGET, image=moved)) != pytest.approx(SQUARE_CE + ms)
+    with pytest.raises(ValueError, match="image"):
+        loss(logits, SQUARE_TARGET)  # no image: a clear error, not a silent fallback
+    with pytest.raises(ValueError, match="image shape"):
+        loss(logits, SQUARE_TARGET, image=torch.zeros(1, 1, 3, 3))
+
+
+def test_level_set_stays_usable_on_unlabelled_pixels():
+    # ignore_index marks unlabelled pixels: the CE leaves them out, the Mumford-Shah term (label-free) keeps them
+    ms = (0.154 + (0.386 - 0.36 / 2.2) + 0.28) / 4
+    loss = build_loss("level_set", ignore_index=255)
+    logits = binary_logits(SQUARE_S1).requires_grad_(True)
+    unlabelled = torch.full_like(SQUARE_TARGET, 255)
+    value = loss(logits, unlabelled, image=SQUARE_IMAGE)
+    close(value, ms)  # no label at all: the functional alone
+    value.backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0  # it still trains
+    # one pixel unlabelled: CE over the 3 labelled ones (-ln .8, -ln .6, -ln .7), MS unchanged
+    partly = SQUARE_TARGET.clone()
+    partly[0, 1, 1] = 255
+    ce3 = -(math.log(0.8) + math.log(0.6) + math.log(0.7)) / 3
+    close(loss(binary_logits(SQUARE_S1), partly, image=SQUARE_IMAGE), ce3 + ms)
 
 
 def test_level_set_by_hand():
@@ -362,7 +453,9 @@ def test_level_set_by_hand():
     # TV: y1 rows |.3-.8| + |.1-.6| = 1.0, columns |.6-.8| + |.1-.3| = .4 -> 1.4; y0 the same -> 2.8
     # MS = (.622222 + .872727 + .1 * 2.8) / 4 pixels = .443737;  L = CE + 1 * MS = .742738
     fit = (1.8 - 2.12 / 1.8) + (2.2 - 2.92 / 2.2)
-    close(build_loss("level_set")(binary_logits(SQUARE_S1), SQUARE_TARGET), SQUARE_CE + (fit + 0.28) / 4)
+    loss = build_loss("level_set", fit="target")  # the supervised variant: x = the one-hot target
+    assert not loss.needs_image
+    close(loss(binary_logits(SQUARE_S1), SQUARE_TARGET), SQUARE_CE + (fit + 0.28) / 4)
 
 
 def test_mumford_shah_closed_form_equals_the_definition():
@@ -405,12 +498,12 @@ def test_cldice_missed_structure_by_hand():
 
 
 def test_dpce_by_hand_on_the_line():
-    # class 1 pixels 1, 2, 3: d = 1, 2, 1, M = 2 -> Phi = .5, 0, .5
-    # class 0 pixels 0, 4, 5: d = 1, 1, 2, M = 2 -> Phi = .5, .5, 0
+    # class 1 pixels 1, 2, 3: d = 1, 2, 1, M = 2, m = 1 -> Phi = (M - d) / (M - m) = 1, 0, 1
+    # class 0 pixels 0, 4, 5: d = 1, 1, 2, M = 2, m = 1 -> Phi = 1, 1, 0
     # L = mean((1 + Phi) * CE) with CE = -ln s^y
     s1 = torch.tensor(LINE_S1[0], dtype=torch.float64)
     ce = -torch.log(torch.where(LINE_TARGET[0, 0] == 1, s1, 1 - s1))
-    weights = torch.tensor([1.5, 1.5, 1.0, 1.5, 1.5, 1.0], dtype=torch.float64)
+    weights = torch.tensor([2.0, 2.0, 1.0, 2.0, 2.0, 1.0], dtype=torch.float64)
     loss = build_loss("dpce")
     close(loss(binary_logits(LINE_S1), LINE_TARGET), float((weights * ce).mean()))
 
@@ -424,9 +517,38 @@ def test_dpce_binary_map_is_seglosss():
         neg = ~pos
         pos_edt = ndimage.distance_transform_edt(pos)
         neg_edt = ndimage.distance_transform_edt(neg)
-        # SegLoss compute_edts_forPenalizedLoss
-        expected = ((pos_edt.max() - pos_edt) * pos / pos_edt.max() + (neg_edt.max() - neg_edt) * neg / neg_edt.max())
+        # SegLoss compute_edts_forPenalizedLoss, line by line: the flipped map is divided by its OWN
+        # maximum, max(edt) - 1 (the smallest edt inside a mask is 1), not by max(edt)
+        pos_flipped = (np.max(pos_edt) - pos_edt) * pos
+        neg_flipped = (np.max(neg_edt) - neg_edt) * neg
+        expected = pos_flipped / np.max(pos_flipped) + neg_flipped / np.max(neg_flipped)
         np.testing.assert_allclose(phi[b], expected, atol=1e-6)
+        assert phi[b].max() == pytest.approx(1.0)  # the boundary layer weighs 2 = 1 + Phi
+
+
+def test_dpce_reference_value_on_a_square():
+    # a 3 x 3 square of class 1 in a 5 x 5 image: inside d = 1 on the ring, 2 at the centre: M = 2, m = 1
+    #   Phi = 1 on the 8 ring pixels, 0 at the centre
+    # outside (16 pixels): d = 1 on the 12 edge-adjacent + 4 diagonal pixels? no: the corners of the image
+    #   are at distance sqrt(2) from the square's corners; edt values: 12 pixels at 1, 4 corners at sqrt(2)
+    #   M = sqrt(2), m = 1 -> Phi = (sqrt 2 - d) / (sqrt 2 - 1) = 1 on the 12, 0 at the 4 corners
+    target = torch.zeros(1, 5, 5, dtype=torch.long)
+    target[0, 1:4, 1:4] = 1
+    phi = build_loss("dpce").penalty_map(LossInputs(torch.zeros(1, 2, 5, 5), target))[0]
+    expected = torch.ones(5, 5)
+    expected[2, 2] = 0.0
+    expected[[0, 0, 4, 4], [0, 4, 0, 4]] = 0.0
+    torch.testing.assert_close(phi, expected)
+    # with equal logits every CE is ln 2: L = ln 2 * mean(1 + Phi) = ln 2 * (25 + 20) / 25
+    close(build_loss("dpce")(torch.zeros(1, 2, 5, 5), target), math.log(2) * 45 / 25)
+
+
+def test_dpce_class_without_inner_voxels_weighs_its_boundary():
+    # a one-pixel-wide line: every voxel is on the boundary (M = m = 1): Phi = 1 (SegLoss: 0/0 = NaN)
+    target = torch.zeros(1, 5, 5, dtype=torch.long)
+    target[0, 2, :] = 1
+    phi = build_loss("dpce").penalty_map(LossInputs(torch.zeros(1, 2, 5, 5), target))[0]
+    assert torch.equal(phi[2], torch.ones(5))
 
 
 def test_dpce_without_boundary_is_plain_ce():
@@ -438,6 +560,9 @@ def test_dpce_without_boundary_is_plain_ce():
 # ============================================================================ 4. properties
 VARIANTS = [(name, {}) for name in BOUNDARY_LOSSES] + [
     ("boundary", {"schedule": "increase", "spacing": None}),
+    ("boundary", {"schedule": "rebalance", "alpha_max": 1.0}),
+    ("level_set", {"fit": "target"}),
+    ("active_contour", {"ce_weights": None}),
     ("hausdorff_er", {"erosion": "min"}),
     ("hausdorff_dt", {"include_background": True}),
 ]
@@ -451,7 +576,7 @@ def perfect_logits(target, classes=4, margin=40.0):
 @pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{'-'.join(o) or 'default'}" for n, o in VARIANTS])
 def test_properties_on_a_structured_batch(name, options, dim):
     logits, target = blob_batch(SPATIAL[dim], seed=8)
-    loss = build_loss(name, num_classes=4, **options)
+    loss = with_image_of_target(build_loss(name, num_classes=4, **options))
     loss.on_train_epoch_start(10, 100)  # boundary: alpha = .11, a visible boundary term
     # the perfect prediction is the minimum (lower than the random start)
     at_optimum = float(loss(perfect_logits(target), target))
@@ -494,8 +619,9 @@ INVALID = [
     ("boundary", {"schedule": "linear"}, "schedule"),
     ("boundary", {"alpha_start": -0.1}, "alpha_start"),
     ("boundary", {"alpha_step": -0.01}, "alpha_step"),
-    ("boundary", {"alpha_max": 1.5}, "alpha_max"),
-    ("boundary", {"alpha_max": None}, "alpha_max"),
+    ("boundary", {"schedule": "rebalance", "alpha_max": 1.5}, "alpha_max"),
+    ("boundary", {"schedule": "rebalance", "alpha_max": None}, "alpha_max"),
+    ("boundary", {"region_floor": -0.1}, "region_floor"),
     ("boundary", {"region": "gdice_typo"}, "region"),
     ("boundary", {"region_options": {"gamma": 2.0}}, "region_options"),
     ("boundary", {"spacing": [1.0, 0.0]}, "spacing"),
@@ -511,6 +637,7 @@ INVALID = [
     ("active_contour", {"epsilon": 0.0}, "epsilon"),
     ("level_set", {"lambda_ms": -1.0}, "lambda_ms"),
     ("level_set", {"lambda_tv": -1.0}, "lambda_tv"),
+    ("level_set", {"fit": "onehot"}, "fit"),
     ("cldice", {"alpha": 1.5}, "alpha"),
     ("cldice", {"iterations": -1}, "iterations"),
     ("cldice", {"smooth": 0.0}, "smooth"),

@@ -26,12 +26,14 @@ SMALL = {
     "swin_unetr": ["model.width=12", "+model.depths=[1,1,1,1]", "+model.window_size=4"],
     "unetr": ["model.width=4", "model.hidden_size=16", "model.mlp_dim=32", "model.num_heads=2",
               "model.num_layers=4"],
+    "unetr_pp": ["model.width=4", "model.depths=[1,1,1,1]", "model.decoder_depth=1", "model.num_heads=2",
+                 "model.proj_size=[8,8,8,4]", "model.decoder_proj_size=8"],
     "transunet": ["model.width=8", "model.encoder_blocks=[1,1,1]", "model.hidden_size=16", "model.mlp_dim=32",
                   "model.num_heads=2", "model.num_layers=2"],
 }
 #: the dimensionalities each model supports
 DIMS = {"unet": (2, 3), "unet3d": (3,), "unetpp": (2, 3), "attention_unet": (2, 3), "segresnet": (2, 3),
-        "swin_unetr": (2, 3), "unetr": (2, 3), "transunet": (2,)}
+        "swin_unetr": (2, 3), "unetr": (2, 3), "unetr_pp": (3,), "transunet": (2,)}
 #: input sides (Swin UNETR: multiples of 32, at least 64; UNETR / TransUNet: multiples of 16)
 SIZE = {2: 32, 3: 16}
 
@@ -49,6 +51,8 @@ def input_shape(name: str, dims: int) -> tuple[int, ...]:
         return (64,) * dims  # InstanceNorm at 1/32 needs 2 voxels
     if name == "unetpp" and dims == 3:
         return (32, 16, 16)  # four poolings must leave > 1 voxel for InstanceNorm
+    if name == "unetr_pp":
+        return (16, 32, 32)  # the (2, 4, 4) stem and three halvings: multiples of (16, 32, 32)
     return (SIZE[dims],) * dims
 
 
@@ -124,6 +128,9 @@ def test_model_builds_from_its_config_and_learns_a_fixed_batch(name, dims):
      "needs every side to be a multiple of 32 and at least 64"),
     # the smoke overlay's model.depth is a U-Net knob; fixed-depth models say so instead of ignoring it
     (["model=unetpp", "+model.depth=4"], "model=unetpp has a fixed number of resolution levels"),
+    (["model=unetr_pp", "data=phantom"], "model=unetr_pp supports 3D only, not data.spatial_dims=2"),
+    (["model=unetr_pp", "data=phantom3d", "data.patch_size=[16,48,48]"],
+     "model=unetr_pp cannot take data.patch_size=[16, 48, 48]: the stem (patch [2, 4, 4]) and three halvings"),
 ])
 def test_unsupported_combination_fails_when_built(overrides, message):
     cfg = compose_run(*overrides)
@@ -181,6 +188,43 @@ def test_unetr_equals_monai_unetr_with_the_same_weights():
     theirs.load_state_dict(ours.state_dict(), strict=False)
     x = torch.randn(1, 1, 32, 32, 32)
     torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+def epa_block_parameters(tokens: int, channels: int, proj: int, heads: int) -> int:
+    """One UNETR++ transformer block, counted from its parts:
+    position embedding N C; LayerNorm 2 C; layer scale C; EPA: temperatures 2 h, q/k/v/v 4 C^2 (no bias),
+    token projection N P + P, two output projections 2 (C C/2 + C/2); residual conv block (two 3^3 convs
+    without bias, two BatchNorms) 54 C^2 + 4 C; the 1 x 1 conv C^2 + C."""
+    c = channels
+    return (tokens * c + 2 * c + c + 2 * heads + 4 * c * c + tokens * proj + proj + c * c + c
+            + 54 * c * c + 4 * c + c * c + c)
+
+
+def test_unetr_pp_parameter_count_is_the_architectures():
+    from segbench.models import UNETRPP
+
+    # a small UNETR++: width 4 (stages 8, 16, 32, 64), one EPA block per stage, input 16 x 32 x 32:
+    # tokens per stage (16/2, 32/4, 32/4) / 2^i -> 512, 64, 8, 1
+    w, heads, classes = 4, 2, 3
+    ch, tokens, proj = [8, 16, 32, 64], [512, 64, 8, 1], [8, 8, 8, 4]
+    net = UNETRPP(num_classes=classes, img_size=(16, 32, 32), width=w, depths=(1, 1, 1, 1), decoder_depth=1,
+                  num_heads=heads, proj_size=proj, decoder_proj_size=8)
+    stem = 1 * ch[0] * (2 * 4 * 4) + 2 * ch[0]                          # conv (2,4,4), GroupNorm
+    downs = sum(ch[i] * ch[i + 1] * 8 + 2 * ch[i + 1] for i in range(3))  # conv 2^3, GroupNorm
+    encoder = sum(epa_block_parameters(tokens[i], ch[i], proj[i], heads) for i in range(4))
+    full_res_stem = 27 * 1 * w + 27 * w * w + 1 * w                       # ResBlock 1 -> w (+1x1), InstanceNorm
+    ups = sum(ch[i + 1] * ch[i] * 8 for i in range(3))                    # transposed convs 2^3, no bias
+    decoder = sum(epa_block_parameters(tokens[i], ch[i], 8, heads) for i in range(3))
+    up_full = ch[0] * w * 32 + 2 * 27 * w * w                             # transposed (2,4,4) + ResBlock w -> w
+    head = w * classes + classes
+    expected = stem + downs + encoder + full_res_stem + ups + decoder + up_full + head
+    assert sum(p.numel() for p in net.parameters()) == expected == 474_819
+    assert net(torch.randn(2, 1, 16, 32, 32)).shape == (2, classes, 16, 32, 32)
+    # the paper's Synapse network (64 x 128 x 128 input, 14 classes) has 42.96 M parameters with its two
+    # deep-supervision heads (2 x 14 + 32 x 14 + 64 x 14 = 1,372 of them), which segbench does not train
+    paper = UNETRPP(num_classes=14, img_size=(64, 128, 128))
+    heads = 32 * 14 + 14 + 64 * 14 + 14
+    assert (sum(p.numel() for p in paper.parameters()) + heads) / 1e6 == pytest.approx(42.96, abs=0.01)
 
 
 def test_transunet_paper_configuration_size():

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
 from .datamodule import CaseDataModule, build_augmentation, first_item, label_ids_of, with_loss_maps
+from .preprocess import check_target_shape, resize_volume
 from .volume import Volume
 
 
@@ -137,6 +138,9 @@ class PatchDataModule(CaseDataModule):
         source, class_names, split, window, batch_size, num_workers, pin_memory, prefetch_factor, name,
             cache_dir, target_spacing:
             as :class:`~segbench.data.datamodule.SegDataModule` (``batch_size`` counts patches).
+        target_shape: ``[Z, Y, X]`` voxels every case is resized to after ``target_spacing`` (image cubic,
+            label nearest; ``null``: keep each case's size). With ``patch_size`` equal to it the network
+            trains on whole volumes (the AFW-Dice paper's 3D experiment: 256 x 256 x 128).
         patch_size: ``[Z, Y, X]`` voxels of a training patch (also the sliding-window size).
         samples_per_volume: patches drawn from each training case per epoch.
         foreground_prob: probability that a patch is centred on a labelled voxel.
@@ -160,12 +164,14 @@ class PatchDataModule(CaseDataModule):
                  target_spacing: Sequence[float | None] | None = None, cache_dir: str | None = None,
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
-                 precompute_loss_maps: bool = False, pin_memory: bool | str = "auto", prefetch_factor: int = 4):
+                 precompute_loss_maps: bool = False, pin_memory: bool | str = "auto", prefetch_factor: int = 4,
+                 target_shape: Sequence[int] | None = None):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
                          precompute_loss_maps, num_workers, pin_memory, prefetch_factor)
+        self.target_shape = check_target_shape(target_shape)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ConfigError(f"data.patch_size must be [Z, Y, X] voxels, got {list(patch_size)}")
@@ -185,6 +191,15 @@ class PatchDataModule(CaseDataModule):
         self.val_samples_per_volume = int(val_samples_per_volume)
         self._overlays: FixedPatches | None = None
         self._val_arrays: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    def _prepare(self, case_id: str) -> Volume:
+        """The shared path (resample to ``target_spacing``, intensities to [0, 1]), then ``target_shape``."""
+        return resize_volume(super()._prepare(case_id), self.target_shape)
+
+    def _cache_params(self, **extra) -> dict[str, Any]:
+        if self.target_shape is None:  # the cache keys of existing 3D caches stay valid
+            return super()._cache_params(**extra)
+        return super()._cache_params(target_shape=list(self.target_shape), **extra)
 
     # -- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:

@@ -43,6 +43,29 @@ def check_target_spacing(target_spacing: Sequence[float | None] | None) -> tuple
     return None if all(v is None for v in out) else tuple(out)
 
 
+def check_target_shape(target_shape: Sequence[int] | None) -> tuple[int, int, int] | None:
+    """``[Z, Y, X]`` voxels every case is resized to (``None``: keep each case's size)."""
+    if target_shape is None:
+        return None
+    values = list(target_shape)
+    if len(values) != 3 or any(isinstance(v, bool) or int(v) != v or int(v) < 1 for v in values):
+        raise ConfigError(f"data.target_shape must be [Z, Y, X] positive voxel counts or null, got {values}")
+    return tuple(int(v) for v in values)
+
+
+def resize_volume(vol: Volume, target_shape: Sequence[int] | None) -> Volume:
+    """Resize ``vol`` to ``target_shape`` ``(Z, Y, X)`` (image cubic, label nearest): the resampling of
+    :func:`resample_volume` to the spacing ``s * n / m`` per axis, which gives exactly ``m`` voxels and
+    keeps the physical extent (the spacing and the affine follow)."""
+    shape = check_target_shape(target_shape)
+    if shape is None or tuple(vol.image.shape) == shape:
+        return vol
+    spacing = [s * n / m for s, n, m in zip(vol.spacing, vol.image.shape, shape)]
+    out = resample_volume(vol, spacing)
+    assert tuple(out.image.shape) == shape, (out.image.shape, shape)
+    return out
+
+
 def resample_volume(vol: Volume, target_spacing: Sequence[float | None] | None) -> Volume:
     """Resample ``vol`` to ``target_spacing`` (image cubic, label nearest; pixel-area aligned grids).
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import LossInputs, SegLoss, check_option, is_sequence
-from .region import dice_denominator, ratio
+from .region import dice_loss_exact
 from .registry import register_loss
 
 
@@ -65,8 +65,11 @@ class AFWDiceLoss(SegLoss):
     authors' code).
 
     Args:
-        gamma: ``> 0``, the focal exponent of the focused classes (0.25 best in the
-            paper; 1 = plain Dice; ``gamma -> 0`` flattens the term to a constant).
+        gamma: ``>= 0``, the focal exponent of the focused classes (0.25 best in the
+            paper; 1 = plain Dice). ``gamma = 0`` (Figure 3's first point) makes every focused
+            term the constant ``clamp(L_c)^0 = 1``: no gradient reaches the logits through
+            them and the loss is CE plus the unfocused classes' Dice (the background's, with
+            every organ focused) -- the paper's "degenerates to roughly CE alone".
         focused_classes: ``all`` (every foreground class, the paper's best ``r``), or a
             list of class names (from the training module's ``class_names``) or label
             ids; ``[]`` focuses none.
@@ -88,7 +91,11 @@ class AFWDiceLoss(SegLoss):
         squared: V-Net's denominator ``sum s^2 + sum g^2`` (the code) instead of ``sum s + g``.
         batch: pool the sums over the batch (the printed sums run over all voxels ``i``;
             the code pools the batch too); ``false``: per sample, then the batch mean.
-        smooth: the ``eps`` of eq. 5 (1e-5 as the code).
+        smooth: the ``eps`` of the Dice term (the paper's Equation 4 / eq. 5; 1e-5 as the code),
+            placed in **both** the numerator and the denominator, ``(2 TP + eps) / (D + eps)``,
+            as printed and as the code: a class absent from both prediction and ground truth
+            then has ``L_c = 0``, and ``1 - Dice = (D - 2 TP) / (D + eps)`` exactly (how
+            :meth:`dice_losses` computes it). MONAI's ``smooth_nr`` / ``smooth_dr`` likewise.
         clamp_min: the floor of ``L_c`` before ``L_c^gamma`` when ``gamma < 1``: the
             derivative ``gamma L^(gamma - 1)`` is unbounded as ``L -> 0`` (a perfectly
             segmented class); the code's ``pow(L, 0.25)`` gives ``0 * inf = NaN`` there.
@@ -111,7 +118,7 @@ class AFWDiceLoss(SegLoss):
                  include_background: bool = True, reduction: str = "sum", num_classes: int | None = None,
                  class_names: list[str] | None = None):
         super().__init__()
-        self.gamma = float(check_option("gamma", gamma, low=0.0, low_open=True))
+        self.gamma = float(check_option("gamma", gamma, low=0.0))
         self.asymmetric = bool(asymmetric)
         self.uncertainty = bool(uncertainty)
         self.regularizer = check_option("regularizer", regularizer, choices=("log_prod", "sum_log"))
@@ -156,9 +163,15 @@ class AFWDiceLoss(SegLoss):
 
     # the pieces of the formula ---------------------------------------------------------------
     def dice_losses(self, inputs: LossInputs) -> torch.Tensor:
-        """``L_c`` of the scored classes, ``[C']`` (``[B, C']`` without ``batch``)."""
-        counts = inputs.counts(self.batch, self.squared).select(self.include_background)
-        return 1 - ratio(2 * counts.tp, dice_denominator(counts, self.squared), self.smooth)
+        """``L_c`` of the scored classes, ``[C']`` (``[B, C']`` without ``batch``).
+
+        Computed as ``1 - Dice`` directly: ``L_c = (D_c - 2 TP_c) / (D_c + eps)`` with the
+        mismatch ``D_c - 2 TP_c`` = ``sum |s - g|`` (``sum (s - g)^2`` when ``squared``) of
+        :meth:`LossInputs.mismatch`, summed voxel by voxel in float64. Near a perfect prediction
+        ``1 - ratio`` in float32 would be the difference of two numbers equal to ~7 digits:
+        after the power 0.25 its rounding error grows to ~1e-3 of the loss.
+        """
+        return dice_loss_exact(inputs, self.batch, self.squared, self.include_background, self.smooth).float()
 
     def focal_terms(self, dice_losses: torch.Tensor) -> torch.Tensor:
         """``T_c``: ``clamp(L_c)^gamma`` for the focused classes, ``L_c`` for the others."""

@@ -73,6 +73,17 @@ def one_hot(target: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.f
     return (target.unsqueeze(1) == classes).to(dtype)
 
 
+def check_image(image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """The input image as float32 ``[B, K, *spatial]`` (``[B, *spatial]`` accepted), detached,
+    checked against the logits' batch and spatial shape."""
+    if image.dim() == logits.dim() - 1:
+        image = image.unsqueeze(1)
+    if image.dim() != logits.dim() or image.shape[0] != logits.shape[0] or image.shape[2:] != logits.shape[2:]:
+        raise ValueError(f"image shape {tuple(image.shape)} does not match logits {tuple(logits.shape)}; "
+                         "expected the network input [B, K, *spatial]")
+    return image.detach().float()
+
+
 # --------------------------------------------------------------------------- option checking
 def check_option(name: str, value, *, choices: Sequence | None = None, low: float | None = None,
                  high: float | None = None, low_open: bool = False, high_open: bool = False):
@@ -194,10 +205,13 @@ class LossInputs:
         valid: ``[B, *spatial]`` bool mask of the voxels that count, or ``None`` (all count).
         maps: target-only maps handed in by the caller (the data pipeline), keyed by
             :attr:`TargetMap.key`, or ``None``; read through :meth:`target_map`.
+        image: the network's input ``[B, K, *spatial]`` float32 (no gradient), or ``None`` when
+            the caller gave none; read by the losses whose ``needs_image`` is true (``level_set``).
     """
 
     def __init__(self, logits: torch.Tensor, target: torch.Tensor, *, ignore_index: int | None = None,
-                 log_domain: bool = False, maps: dict[str, torch.Tensor] | None = None, check_labels: bool = True):
+                 log_domain: bool = False, maps: dict[str, torch.Tensor] | None = None,
+                 image: torch.Tensor | None = None, check_labels: bool = True):
         target = normalize_target(logits, target)
         if check_labels:
             check_label_range(target, logits.shape[1], ignore_index)
@@ -215,9 +229,10 @@ class LossInputs:
         else:
             self.valid = None
             self.target = target
-        self._counts: dict[tuple[bool, bool], SoftCounts] = {}
+        self._counts: dict[tuple, SoftCounts | torch.Tensor] = {}
         self.maps = maps
         self._maps: dict[str, torch.Tensor] = {}
+        self.image = None if image is None else check_image(image, logits)
 
     def target_map(self, spec: TargetMap) -> torch.Tensor:
         """The map ``spec`` of this target (float32, no gradient): the caller's precomputed one
@@ -319,11 +334,37 @@ class LossInputs:
         elif squared:
             plain = self.counts(False, False)
             result = SoftCounts(plain.tp, plain.pred_sum, plain.target_sum,
-                                torch.linalg.vector_norm(self.flat_probs, 2, dim=2).square())
+                                self.flat_probs.square().sum(2, dtype=torch.float64).float())  # float64 accumulation
         else:
             p_target = self.target_prob if self.valid is None else self.target_prob * self.valid
             tp = class_sums(p_target, self.target, self.num_classes)
             result = SoftCounts(tp, self.flat_probs.sum(2), self.class_voxel_counts)
+        self._counts[key] = result
+        return result
+
+    def mismatch(self, batch: bool = False, squared: bool = False) -> torch.Tensor:
+        """``sum_i |s_i^c - g_i^c|`` (``squared``: ``sum_i (s_i^c - g_i^c)^2``) per class, float64,
+        ``[B, C]`` or pooled ``[C]``: the Dice denominator minus ``2 TP``, without the cancellation.
+
+        ``1 - (2 TP + eps) / (D + eps) = (D - 2 TP) / (D + eps)`` exactly, with ``D - 2 TP`` =
+        ``sum s + sum g - 2 sum s g`` = ``sum |s - g|`` (one-hot ``g``), or ``sum (s - g)^2`` for
+        V-Net's ``D = sum s^2 + sum g^2``. Near a perfect prediction ``D`` and ``2 TP`` agree to
+        ~7 digits, so their float32 difference is mostly rounding; here each voxel's term is
+        ``s^c`` off its class and ``1 - s^y = sum_{c != y} s^c`` on it (each small probability is
+        accurate to float32's relative precision, ``1 - s^y`` computed from ``s^y`` would not be),
+        summed in float64. Ignored voxels have ``s = 0`` in :attr:`flat_probs`: they add nothing.
+        """
+        key = ("mismatch", batch, squared)
+        if key in self._counts:
+            return self._counts[key]
+        if batch:
+            result = self.mismatch(False, squared).sum(0)
+        else:
+            index = self.target.reshape(self.batch_size, 1, -1)
+            others = self.flat_probs.scatter(1, index, 0.0)           # s^c off the target class
+            miss = others.sum(1, keepdim=True)                        # 1 - s^y as the sum of the others
+            q = others.scatter(1, index, miss).double()               # |s - g| per class and voxel
+            result = (q.square() if squared else q).sum(2)
         self._counts[key] = result
         return result
 
@@ -368,6 +409,9 @@ class SegLoss(nn.Module):
 
     * ``needs_log_probs``: the formula uses ``log s`` (CE-like terms); a compound
       loss then derives ``s`` from ``log s`` instead of a second softmax.
+    * ``needs_image``: the formula reads the network's input image
+      (:attr:`LossInputs.image`); the caller passes it as ``loss(logits, target, image=x)``
+      (:class:`segbench.module.SegModule` always does).
     * ``ignore_index`` (instance attribute, default ``None``): label id whose
       voxels do not contribute.
     * ``check_labels`` (default ``True``): every call raises a ValueError naming a label id
@@ -379,6 +423,7 @@ class SegLoss(nn.Module):
 
     registered_name: str = ""
     needs_log_probs: bool = False
+    needs_image: bool = False
     ignore_index: int | None = None
     check_labels: bool = True
 
@@ -411,19 +456,20 @@ class SegLoss(nn.Module):
         return TargetMapBuilder(maps, int(num_classes), self.ignore_index) if maps else None
 
     def make_inputs(self, logits: torch.Tensor, target: torch.Tensor,
-                    maps: dict[str, torch.Tensor] | None = None) -> LossInputs:
+                    maps: dict[str, torch.Tensor] | None = None, image: torch.Tensor | None = None) -> LossInputs:
         return LossInputs(logits, target, ignore_index=self.ignore_index, log_domain=self.needs_log_probs,
-                          maps=maps, check_labels=self.check_labels)
+                          maps=maps, image=image, check_labels=self.check_labels)
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor,
-                maps: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+                maps: dict[str, torch.Tensor] | None = None, image: torch.Tensor | None = None) -> torch.Tensor:
         """The loss of ``logits`` against ``target``; ``maps``: precomputed target-only maps
-        (:meth:`map_builder`'s output, batched), used instead of computing them here."""
+        (:meth:`map_builder`'s output, batched), used instead of computing them here; ``image``:
+        the network's input, read by losses with ``needs_image`` (ignored by the others)."""
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            return self.compute(self.make_inputs(logits, target, maps))
+            return self.compute(self.make_inputs(logits, target, maps, image))
 
     def prepare(self, logits: torch.Tensor, target: torch.Tensor,
                 ignore_index: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -467,6 +513,10 @@ class CompoundLoss(SegLoss):
     @property
     def needs_log_probs(self) -> bool:  # type: ignore[override]
         return any(term.needs_log_probs for term in self.terms.values())
+
+    @property
+    def needs_image(self) -> bool:  # type: ignore[override]
+        return any(term.needs_image for term in self.terms.values())
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
         total = None

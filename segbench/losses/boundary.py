@@ -49,7 +49,7 @@ from .maps import TargetMap, spacing_for
 from .region import DiceLoss
 from .registry import build_loss, register_loss
 
-SCHEDULES = ("rebalance", "increase")
+SCHEDULES = ("steal", "rebalance", "increase")
 NO_BOUNDARY = ("zero", "extent")
 EROSIONS = ("soft", "min")
 
@@ -172,29 +172,37 @@ class BoundaryLoss(CompoundLoss):
     (predict nothing costs 0 outside, negative values need the right class), so it is
     combined with a region loss:
 
-    * ``schedule: rebalance``: ``L = (1 - alpha) L_region + alpha L_B`` (the paper's choice);
+    * ``schedule: steal`` (default): the reference code's schedule (LIVIA-ETS boundary-loss,
+      ``scheduler.py::StealWeight(to_steal=0.01)`` on the weights ``[1, 0.01]`` of its
+      ``Makefile``): ``L = max(region_floor, 1 - alpha_step * epoch) L_region + alpha L_B``,
+      the region weight floored at 0.1 and the boundary weight growing without bound;
+    * ``schedule: rebalance``: ``L = (1 - alpha) L_region + alpha L_B`` (the paper's text;
+      with ``alpha_max: 1`` the region term gets weight 0 from epoch 99);
     * ``schedule: increase``: ``L = L_region + alpha L_B``;
 
     with ``alpha = min(alpha_start + alpha_step * epoch, alpha_max)`` set by
-    :meth:`on_train_epoch_start` (epoch 0 trains with ``alpha_start``) and logged as
-    ``alpha``. LIVIA-ETS's code instead floors the region weight at 0.1 and lets the
-    boundary weight grow without bound; ``alpha_max: 0.9`` reproduces its floor.
+    :meth:`on_train_epoch_start` (epoch 0 trains with ``alpha_start``; the reference updates
+    its weights after every epoch, so epoch ``e`` trains with ``0.01 + 0.01 e``) and logged as
+    ``alpha`` (and ``region_weight``).
 
     Args:
         region: name of the registered region loss (``dice``, ``generalized_dice`` -
             Kervadec et al. used generalised Dice - or any other registered loss).
         region_options: options of the region loss (``null``: its defaults).
-        schedule: ``rebalance`` or ``increase``.
-        alpha_start, alpha_step: alpha at epoch 0 and its increment per epoch (0.01, 0.01).
+        schedule: ``steal``, ``rebalance`` or ``increase``.
+        alpha_start, alpha_step: alpha at epoch 0 and its increment per epoch (0.01, 0.01);
+            with ``steal`` the region weight falls by ``alpha_step`` per epoch too.
         alpha_max: upper bound of alpha (<= 1 for ``rebalance``; ``null`` = unbounded,
-            ``increase`` only).
+            ``steal`` and ``increase`` only).
+        region_floor: the smallest region weight of ``steal`` (0.1, the reference's).
         spacing: voxel size per spatial axis for the distances (``null``: voxels, as the
             reference's 2D experiments).
     """
 
-    def __init__(self, region: str = "dice", region_options: dict | None = None, schedule: str = "rebalance",
-                 alpha_start: float = 0.01, alpha_step: float = 0.01, alpha_max: float | None = 1.0,
-                 spacing=None, num_classes: int | None = None, class_names: list[str] | None = None):
+    def __init__(self, region: str = "dice", region_options: dict | None = None, schedule: str = "steal",
+                 alpha_start: float = 0.01, alpha_step: float = 0.01, alpha_max: float | None = None,
+                 region_floor: float = 0.1, spacing=None, num_classes: int | None = None,
+                 class_names: list[str] | None = None):
         super().__init__()
         self.schedule = check_option("schedule", schedule, choices=SCHEDULES)
         self.alpha_start = float(check_option("alpha_start", alpha_start, low=0.0))
@@ -208,6 +216,8 @@ class BoundaryLoss(CompoundLoss):
             self.alpha_max = float(check_option("alpha_max", alpha_max, low=self.alpha_start, high=high))
         if self.schedule == "rebalance" and self.alpha_start > 1.0:
             raise ValueError(f"alpha_start must be <= 1 with schedule 'rebalance', got {alpha_start}")
+        self.region_floor = float(check_option("region_floor", region_floor, low=0.0, high=1.0))
+        self.epoch = 0
         options = dict(region_options or {})
         try:
             region_loss = build_loss(region, num_classes=num_classes, class_names=class_names, **options)
@@ -221,15 +231,21 @@ class BoundaryLoss(CompoundLoss):
         self._set_weights()
 
     def _set_weights(self) -> None:
-        region_weight = 1.0 - self.alpha if self.schedule == "rebalance" else 1.0
+        if self.schedule == "rebalance":
+            region_weight = 1.0 - self.alpha
+        elif self.schedule == "steal":
+            region_weight = max(self.region_floor, 1.0 - self.alpha_step * self.epoch)
+        else:
+            region_weight = 1.0
         self.weights = {"region": region_weight, "boundary": self.alpha}
 
     def on_train_epoch_start(self, epoch: int, max_epochs: int) -> None:
+        self.epoch = epoch
         self.alpha = min(self.alpha_start + self.alpha_step * epoch, self.alpha_max)
         self._set_weights()
 
     def log_values(self) -> dict[str, float]:
-        return {"alpha": float(self.alpha)}
+        return {"alpha": float(self.alpha), "region_weight": float(self.weights["region"])}
 
 
 # --------------------------------------------------------------------------- Hausdorff losses
@@ -571,14 +587,19 @@ class ActiveContourTerm(SegLoss):
 @register_loss("active_contour")
 class ActiveContourLoss(CompoundLoss):
     """Active-contour loss (Chen et al. 2019, "Learning active contour models for medical
-    image segmentation"), added to cross-entropy.
+    image segmentation"), added to a class-weighted cross-entropy as in the seed.
 
     Per foreground class (``u = s^c``, ``v = g^c``), with forward differences on the
     common ``(n - 1)`` grid along every spatial axis (2D and 3D)::
 
         Length = mean_i sqrt(sum_a (u(i + e_a) - u(i))^2 + epsilon)
         Region = mean_i u (v - c1)^2 + mean_i (1 - u)(v - c2)^2,   c1 = 1, c2 = 0
-        L = CE + lambda_contour * mean_{b, c} (Length + lambda_region * Region)
+        L = WCE + lambda_contour * mean_{b, c} (Length + lambda_region * Region)
+
+    ``WCE`` is :class:`~segbench.losses.distribution.CrossEntropyLoss` with ``ce_weights``:
+    by default ``inverse_frequency`` (``w_c = N / (K n_c)`` per batch, the class-balanced CE
+    the seed pairs the contour term with; the seed names no weighting rule, this is
+    segbench's, the one of ``weighted_ce``); ``null`` gives the plain CE.
 
     The paper sums over pixels; means keep the weights independent of the image size
     (multiply ``lambda_contour`` by N to recover sums). The reference code crops the
@@ -590,13 +611,15 @@ class ActiveContourLoss(CompoundLoss):
         lambda_region: ``lambda`` of the paper (1, its code's value).
         include_background: score class 0 too.
         epsilon: inside the square root (1e-8, the reference's).
+        ce_weights: class weights of the CE: ``inverse_frequency`` (default), a list of ``C``
+            weights, or ``null`` (plain CE).
     """
 
     def __init__(self, lambda_contour: float = 1.0, lambda_region: float = 1.0, include_background: bool = False,
-                 epsilon: float = 1e-8):
+                 epsilon: float = 1e-8, ce_weights="inverse_frequency", num_classes: int | None = None):
         super().__init__()
         self.terms = nn.ModuleDict({
-            "ce": CrossEntropyLoss(),
+            "ce": CrossEntropyLoss(class_weights=ce_weights, num_classes=num_classes),
             "contour": ActiveContourTerm(lambda_region, include_background, epsilon),
         })
         self.weights = {"ce": 1.0, "contour": _check_lambda("lambda_contour", lambda_contour)}
@@ -626,15 +649,27 @@ def mumford_shah(probs: torch.Tensor, image: torch.Tensor, lambda_tv: float) -> 
     return ((fit.to(probs.dtype) + lambda_tv * tv) / n_vox).sum(1)
 
 
-class LevelSetTerm(SegLoss):
-    """Supervised Mumford-Shah term of :class:`LevelSetLoss` (image = one-hot target)."""
+FITS = ("image", "target")
 
-    def __init__(self, lambda_tv: float = 0.1):
+
+class LevelSetTerm(SegLoss):
+    """Mumford-Shah term of :class:`LevelSetLoss`: ``x`` = the input image (``fit: image``,
+    Kim & Ye) or the one-hot target (``fit: target``, a supervised variant)."""
+
+    def __init__(self, lambda_tv: float = 0.1, fit: str = "image"):
         super().__init__()
         self.lambda_tv = _check_lambda("lambda_tv", lambda_tv)
+        self.fit = check_option("fit", fit, choices=FITS)
+        self.needs_image = self.fit == "image"
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        return mumford_shah(inputs.probs, inputs.onehot, self.lambda_tv).mean()
+        if self.fit == "target":
+            return mumford_shah(inputs.probs, inputs.onehot, self.lambda_tv).mean()
+        if inputs.image is None:
+            raise ValueError("level_set with fit: image needs the input image: call loss(logits, target, "
+                             "image=x) (segbench's training module does), or set fit: target")
+        # every voxel counts, labelled or not: the functional needs no label
+        return mumford_shah(inputs.probs, inputs.image, self.lambda_tv).mean()
 
 
 @register_loss("level_set")
@@ -644,28 +679,37 @@ class LevelSetLoss(CompoundLoss):
 
     ``L = CE + lambda_ms * mean_b MS(s, x)`` with the functional of :func:`mumford_shah`:
     ``sum_n mean_r |x - c_n|^2 s_n + lambda_tv sum_n mean_r |grad s_n|_1`` (all classes ``n``,
-    anisotropic total variation by forward differences, as the authors' code).
+    ``c_n`` the mean intensity of the soft region ``n``; anisotropic total variation by forward
+    differences, as the authors' code).
 
-    **Supervised variant.** The paper's ``x`` is the input image. The loss API receives
-    logits and target only, so here ``x`` is the one-hot target (a C-channel image): the
-    fit term is then the impurity of the labels inside each soft region, 0 for the perfect
-    prediction. With the image the loss also applies to unlabelled data; call
-    :func:`mumford_shah` with it where an image is at hand. The paper sums over pixels;
-    means keep the weights independent of the image size.
+    ``x`` is the network's **input image** (``fit: image``, the paper's): the loss reads it
+    from ``loss(logits, target, image=x)``, which the training module passes. The
+    Mumford-Shah term needs no label, so it covers every voxel, also those labelled
+    ``ignore_index`` (unlabelled pixels), while the CE counts only the labelled ones -- the
+    paper's semi-supervised use; a batch without any label trains on the functional alone.
+    ``fit: target`` is the supervised variant earlier segbench versions had (``x`` = the
+    one-hot target: the fit term is the label impurity of each soft region, 0 at the perfect
+    prediction). The paper sums over pixels; means keep the weights independent of the
+    image size.
 
     Args:
         lambda_ms: weight of the Mumford-Shah term next to CE.
         lambda_tv: weight of the length (TV) term inside it (segbench's default; the
             paper tunes it per dataset).
+        fit: ``image`` (Kim & Ye) or ``target``.
+        ignore_index: label id of unlabelled voxels (left out of the CE only).
     """
 
-    def __init__(self, lambda_ms: float = 1.0, lambda_tv: float = 0.1):
+    def __init__(self, lambda_ms: float = 1.0, lambda_tv: float = 0.1, fit: str = "image",
+                 ignore_index: int | None = None):
         super().__init__()
-        self.terms = nn.ModuleDict({"ce": CrossEntropyLoss(), "ms": LevelSetTerm(lambda_tv)})
+        self.ignore_index = ignore_index
+        self.terms = nn.ModuleDict({"ce": CrossEntropyLoss(ignore_index=ignore_index),
+                                    "ms": LevelSetTerm(lambda_tv, fit)})
         self.weights = {"ce": 1.0, "ms": _check_lambda("lambda_ms", lambda_ms)}
 
     def perfect_value(self, num_classes: int) -> float | None:
-        return None  # lambda_tv times the length of the true contours
+        return None  # the image's variance inside the true regions + lambda_tv times their contours' length
 
 
 # --------------------------------------------------------------------------- clDice
@@ -782,14 +826,17 @@ class DistancePenalizedCELoss(SegLoss):
         d_i = edt(G_{y_i})(i)                   distance from voxel i to the nearest voxel
                                                 of another class (>= 1 spacing)
         M_c = max_{i in G_c} d_i                deepest voxel of class c in the sample
-        Phi_i = (M_{y_i} - d_i) / M_{y_i}        in [0, 1): (M - 1)/M next to a boundary,
+        m_c = min_{i in G_c} d_i                its boundary layer (1 on an isotropic voxel grid)
+        Phi_i = (M_{y_i} - d_i) / (M_{y_i} - m_{y_i})   in [0, 1]: 1 on the boundary layer,
                                                 0 at the deepest voxel
 
-    so voxels near a ground-truth boundary weigh up to ~2, deep ones 1. For two classes
-    this is SegLoss's map exactly (``pos_edt / max`` inside, ``neg_edt / max`` outside). A
-    class filling the whole sample has no boundary: ``Phi = 0``. The mean divides by ``N``,
-    not by ``sum (1 + Phi)``; SegLoss's ``DisPenalizedCE`` computes this product but returns
-    the unweighted CE (a bug), not reproduced.
+    so voxels next to a ground-truth boundary weigh 2, deep ones 1. For two classes on a voxel
+    grid this is SegLoss's map exactly: ``pos_edt = (max(edt) - edt) * posmask`` divided by
+    its own maximum ``max(edt) - 1``, i.e. ``(M - d) / (M - 1)``, on each side. A class whose
+    every voxel is on its boundary (``M = m``, e.g. one voxel thick) gets ``Phi = 1`` (SegLoss:
+    0/0); a class filling the whole sample has no boundary: ``Phi = 0``. The mean divides by
+    ``N``, not by ``sum (1 + Phi)``; SegLoss's ``DisPenalizedCE`` computes this product but
+    returns the unweighted CE (a bug), not reproduced.
 
     Args:
         spacing: voxel size per spatial axis for the distances (``null``: voxels). The map

@@ -11,17 +11,33 @@ always sees every class.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
 from .base import (CompoundLoss, LossInputs, SegLoss, check_option, check_weight_length, guarded_pow,
                    parse_class_weights)
 from .distribution import CrossEntropyLoss, FocalLoss
-from .region import DiceLoss, GeneralizedDiceLoss, ratio
+from .region import DiceLoss, GeneralizedDiceLoss, dice_loss_exact, ratio
 from .registry import register_loss
 
 _POW_EPS_EXP_LOG = 1e-12  # clamp before the powers 0.3 of the exponential-logarithmic loss
 _POW_EPS_UNIFIED = 1e-6   # clamp of 1 - mTI / 1 - s before the powers < 1 of the unified focal loss
+
+
+_LOG_FLOOR_COMBO = math.log(1e-12)  # floor of log(1 - s) in the combo loss
+
+
+def log1mexp(log_p: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(log_p))`` for ``log_p <= 0``, accurate everywhere (Maechler 2012): ``log1p(-p)``
+    where ``p < 1/2`` (``log(1 - p)`` would round ``1 - p`` to 1 for tiny ``p``) and
+    ``log(-expm1(log_p))`` where ``p >= 1/2`` (exact ``1 - p`` near 1)."""
+    half = -math.log(2.0)
+    # each branch sees only its own range (clamped), so the branch not taken has finite gradients too
+    small = torch.log1p(-torch.exp(log_p.clamp_max(half)))
+    large = torch.log(-torch.expm1(log_p.clamp(min=half, max=-1e-30)))
+    return torch.where(log_p < half, small, large)
 
 
 def _check_lambda(name: str, value: float) -> float:
@@ -62,10 +78,13 @@ class FocalDiceLoss(CompoundLoss):
     :class:`~segbench.losses.distribution.FocalLoss` (``gamma``, ``alpha``).
     MONAI's ``DiceFocalLoss`` uses a *sigmoid* focal term even with
     ``softmax=True`` (MONAI issue 8242); its Dice part equals ours.
+    ``batch`` defaults to True (batch Dice), pooled as ``ce_dice`` and ``afw_dice`` are, so that
+    the baselines of the AFW-Dice paper's Tables 1 and 2 differ in their loss only (see
+    :class:`CEDiceLoss` for why per-slice Dice handicaps small organs).
     """
 
     def __init__(self, lambda_focal: float = 1.0, lambda_dice: float = 1.0, gamma: float = 2.0, alpha=None,
-                 include_background: bool = False, smooth: float = 1e-5, batch: bool = False, squared: bool = False,
+                 include_background: bool = False, smooth: float = 1e-5, batch: bool = True, squared: bool = False,
                  ignore_index: int | None = None, num_classes: int | None = None):
         super().__init__()
         self.ignore_index = ignore_index
@@ -84,12 +103,13 @@ class CEGeneralizedDiceLoss(CompoundLoss):
 
     GD options as :class:`~segbench.losses.region.GeneralizedDiceLoss`:
     ``weight_type``, ``absent_weight``, ``normalize_weights``, ``include_background``,
-    ``smooth``, ``batch``.
+    ``smooth``, ``batch``. ``batch`` defaults to True: the sums and the class weights
+    ``1 / n_c^2`` are pooled over the batch, as the other Table 1 / 2 baselines pool theirs.
     """
 
     def __init__(self, lambda_ce: float = 1.0, lambda_gd: float = 1.0, weight_type: str = "square",
                  absent_weight: str = "max", normalize_weights: bool = True, include_background: bool = False,
-                 smooth: float = 1e-5, batch: bool = False, ignore_index: int | None = None):
+                 smooth: float = 1e-5, batch: bool = True, ignore_index: int | None = None):
         super().__init__()
         self.ignore_index = ignore_index
         self.terms = nn.ModuleDict({
@@ -121,7 +141,9 @@ class ComboLoss(SegLoss):
     The paper sums the Dice coefficients over the ``K`` classes; the mean (as
     unified-focal-loss) keeps the scale independent of ``K``. The loss is negative
     near the optimum: a perfect prediction scores ``-(1 - alpha)``.
-    ``log(1 - s)`` is floored at ``log(1e-12)`` (a saturated wrong class would give -inf).
+    ``log(1 - s)`` is computed from ``log s`` without cancellation (:func:`log1mexp`: ``log1p(-s)``
+    for small ``s``, ``log(-expm1(log s))`` near 1) and floored at ``log(1e-12)`` (a saturated
+    wrong class would give -inf).
     """
 
     needs_log_probs = True
@@ -134,14 +156,14 @@ class ComboLoss(SegLoss):
         self.dice = DiceLoss(include_background=include_background, smooth=smooth, batch=batch)
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        log_p = inputs.log_probs
-        log_not_p = torch.log((-torch.expm1(log_p)).clamp_min(1e-12))  # log(1 - s), all classes
-        log_not_p_target = torch.log((-torch.expm1(inputs.target_log_prob)).clamp_min(1e-12))
-        # sum_c (1 - g) log(1 - s) = sum_c log(1 - s) - log(1 - s^y): no one-hot needed
-        per_voxel = -(self.beta * inputs.target_log_prob
-                      + (1 - self.beta) * (log_not_p.sum(1) - log_not_p_target))
+        log_not_p = log1mexp(inputs.log_probs).clamp_min(_LOG_FLOOR_COMBO)  # log(1 - s), all classes
+        # sum_c (1 - g) log(1 - s): the target class's entry zeroed, not subtracted from the sum (the
+        # target's log(1 - s^y) ~ -20 near a perfect voxel would swamp the others' ~ -1e-9)
+        off_target = log_not_p.scatter(1, inputs.target.unsqueeze(1), 0.0).sum(1)
+        per_voxel = -(self.beta * inputs.target_log_prob + (1 - self.beta) * off_target)
         wce = inputs.mean_over_voxels(per_voxel)
-        dsc = 1 - self.dice.per_class(inputs)
+        counts = self.dice.counts(inputs)
+        dsc = ratio(2 * counts.tp, counts.pred_sum + counts.target_sum, self.dice.smooth)
         return self.alpha * wce - (1 - self.alpha) * dsc.mean()
 
     def perfect_value(self, num_classes: int) -> float:
@@ -167,7 +189,9 @@ class ExponentialLogarithmicLoss(SegLoss):
         include_background, smooth, batch: of the Dice term (the paper's pseudo-count is 1).
 
     Both powers ``< 1`` have unbounded derivatives at 0 (a perfect class or voxel):
-    their bases are clamped at 1e-12 before the power.
+    their bases are clamped at 1e-12 before the power. ``-ln Dice_c`` is computed as
+    ``-log1p(-L_c)`` from the Dice loss ``L_c = (D - 2 TP) / (D + smooth)`` in float64, exact
+    near a perfect prediction (``-ln(1 - L)`` would round ``1 - L`` first).
     """
 
     needs_log_probs = True
@@ -197,8 +221,12 @@ class ExponentialLogarithmicLoss(SegLoss):
         return w[inputs.target]
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
-        dice = 1 - self.dice.per_class(inputs)
-        dice_term = guarded_pow(-torch.log(dice.clamp_min(1e-30)), self.gamma_dice, _POW_EPS_EXP_LOG).mean()
+        # -ln Dice_c = -log1p(-L_c), L_c the Dice loss computed without cancellation (float64):
+        # -ln(1 - L) rounds 1 - L first and loses L's digits near a perfect prediction
+        d = self.dice
+        loss = dice_loss_exact(inputs, d.batch, d.squared, d.include_background, d.smooth)
+        neg_log_dice = -torch.log1p(-loss.clamp_max(1 - 1e-15))
+        dice_term = guarded_pow(neg_log_dice, self.gamma_dice, _POW_EPS_EXP_LOG).mean().float()
         ce = guarded_pow(-inputs.target_log_prob, self.gamma_ce, _POW_EPS_EXP_LOG)
         weights = self.voxel_weights(inputs)
         if weights is not None:

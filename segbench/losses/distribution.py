@@ -227,19 +227,29 @@ class TopKCrossEntropyLoss(SegLoss):
     ``L = 1/|K| sum_{i in K} -log s_i^{y_i}``, ``K`` the ``k`` % voxels of the whole
     batch with the largest CE (at least one voxel).
 
+    Threshold variant (``threshold: t``, SegLoss's probability-threshold TopK): ``K`` is
+    instead the set of voxels whose CE exceeds ``t``, i.e. whose target-class probability
+    is below ``exp(-t)`` (``t = -ln 0.7 = 0.357`` keeps the voxels predicted with less than
+    70 % confidence). Its size varies from batch to batch; no voxel above ``t`` gives a
+    loss of 0 (the batch is learned already).
+
     Args:
-        k: percentage of voxels kept, in ``(0, 100]`` (10 in nnU-Net).
+        k: percentage of voxels kept, in ``(0, 100]`` (10 in nnU-Net); unused with ``threshold``.
+        threshold: ``null`` (keep the ``k`` %) or ``t >= 0``: keep the voxels with CE ``> t``.
         ignore_index: label id whose voxels are never selected.
     """
 
     needs_log_probs = True
 
-    def __init__(self, k: float = 10.0, ignore_index: int | None = None):
+    def __init__(self, k: float = 10.0, threshold: float | None = None, ignore_index: int | None = None):
         super().__init__()
         self.k = float(check_option("k", k, low=0.0, high=100.0, low_open=True))
+        self.threshold = None if threshold is None else float(check_option("threshold", threshold, low=0.0))
         self.ignore_index = ignore_index
 
     def compute(self, inputs: LossInputs) -> torch.Tensor:
+        if self.threshold is not None:
+            return self._above_threshold(inputs)
         ce = -inputs.target_log_prob.reshape(-1)
         n_valid = ce.numel()
         if inputs.valid is not None:
@@ -250,6 +260,15 @@ class TopKCrossEntropyLoss(SegLoss):
                 return ce.sum() * 0.0
         n_keep = max(1, int(n_valid * self.k / 100))
         return ce.topk(n_keep, sorted=False).values.mean()
+
+    def _above_threshold(self, inputs: LossInputs) -> torch.Tensor:
+        """Mean CE over the voxels whose CE exceeds ``threshold`` (a mask: no host sync)."""
+        ce = -inputs.target_log_prob
+        keep = ce > self.threshold
+        if inputs.valid is not None:
+            keep = keep & inputs.valid
+        kept = torch.where(keep, ce, torch.zeros_like(ce))
+        return kept.sum() / keep.sum().clamp_min(1)
 
 
 @register_loss("sensitivity_specificity")

@@ -18,6 +18,8 @@ the same label, so the values are the same (tested).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -89,8 +91,10 @@ def spacing_for(spacing: tuple[float, ...] | None, nd: int) -> tuple[float, ...]
 
 def penalty_map(target: torch.Tensor, num_classes: int, spacing: tuple[float, ...] | None) -> torch.Tensor:
     """Caliva et al.'s ``Phi``, ``[B, *spatial]`` (see :class:`~segbench.losses.boundary.DistancePenalizedCELoss`):
-    ``(M_y - d) / M_y`` with ``d`` the distance of a voxel to the nearest voxel of another
-    class and ``M_y`` its deepest value in the voxel's class; 0 where the class has no boundary."""
+    ``(M_y - d) / (M_y - m_y)`` with ``d`` the distance of a voxel to the nearest voxel of another
+    class, ``M_y`` / ``m_y`` its largest / smallest value in the voxel's class (``m = 1`` voxel on
+    an isotropic grid: SegLoss's ``(max - edt) / max(max - edt)``); 1 where a class is all boundary
+    (``M = m``), 0 where the class has no boundary."""
     nd = target.dim() - 1
     classes = torch.arange(num_classes, device=target.device).view(1, -1, *([1] * nd))
     masks = target.unsqueeze(1) == classes                   # [B, C, *spatial]
@@ -101,9 +105,13 @@ def penalty_map(target: torch.Tensor, num_classes: int, spacing: tuple[float, ..
     if sel[0].numel() > 0:
         depth[sel] = distance_transform_edt(masks[sel], spacing, spatial_dims=nd, dtype=torch.float32)
     deepest = depth.flatten(2).amax(2)                       # [B, C]; 0: no boundary / absent
+    shallowest = torch.where(flat, depth.flatten(2), torch.full_like(depth.flatten(2), math.inf)).amin(2)
     d = depth.gather(1, target.unsqueeze(1)).squeeze(1)
-    m = deepest.gather(1, target.flatten(1)).view_as(d)
-    return torch.where(m > 0, (m - d) / m.clamp_min(1e-12), torch.zeros_like(d))
+    m_max = deepest.gather(1, target.flatten(1)).view_as(d)
+    m_min = shallowest.gather(1, target.flatten(1)).view_as(d)
+    span = m_max - m_min
+    phi = torch.where(span > 0, (m_max - d) / span.clamp_min(1e-12), torch.ones_like(d))
+    return torch.where(m_max > 0, phi, torch.zeros_like(d))
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,12 @@ from .transunet import TransUNet
 from .unet import UNet
 from .unet3d import UNet3D
 from .unetr import UNETR
+from .unetr_pp import UNETRPP
 
 #: ``model=<name>`` -> network class (the name of ``configs/model/<name>.yaml``)
 MODELS = {"unet": UNet, "unet3d": UNet3D, "unetpp": UNetPlusPlus, "attention_unet": AttentionUNet,
-          "transunet": TransUNet, "unetr": UNETR, "swin_unetr": SwinUNETR, "segresnet": SegResNet}
+          "transunet": TransUNet, "unetr": UNETR, "unetr_pp": UNETRPP, "swin_unetr": SwinUNETR,
+          "segresnet": SegResNet}
 
 
 def available_models() -> list[str]:
@@ -24,4 +26,4 @@ def available_models() -> list[str]:
 
 
 __all__ = ["MODELS", "available_models", "UNet", "UNet3D", "UNetPlusPlus", "AttentionUNet", "TransUNet", "UNETR",
-           "SwinUNETR", "SegResNet"]
+           "UNETRPP", "SwinUNETR", "SegResNet"]

@@ -353,7 +353,7 @@ def focal_curves(gammas: Sequence[float], points: int = 199) -> tuple[pd.DataFra
             (grad_value,) = torch.autograd.grad(value, z)
             value = value.detach()
             z = torch.tensor(float(z0), requires_grad=True)
-            dice = 1.0 - plain(_organ_logits(z, organ), target)
+            dice = 1.0 - plain(_organ_logits(z, organ), target).double()  # 1 - L in float64: L ~ 1e-5 keeps its digits
             (grad_dice,) = torch.autograd.grad(dice, z)
             dice = dice.detach()
             gradient = float(grad_value) / float(grad_dice) if float(grad_dice) != 0 else float("nan")

@@ -156,6 +156,8 @@ def probe_loss(name: str, settings: ProbeSettings) -> tuple[list[dict], str]:
         orders = error_orders(target)
         n_object = int((target == 1).sum())
         target_t = torch.from_numpy(target)[None]
+        # losses that read the input image (level_set) see an image whose regions are the labels
+        image = {"image": target_t[:, None].float()} if getattr(loss, "needs_image", False) else {}
         for error in ERRORS:
             for fraction in settings.fractions:
                 n_pixels = int(round(fraction * n_object))
@@ -163,7 +165,7 @@ def probe_loss(name: str, settings: ProbeSettings) -> tuple[list[dict], str]:
                 logits = confident_logits(pred, len(CLASS_NAMES), settings.margin)
                 try:
                     with torch.no_grad():
-                        value = loss(logits, target_t)
+                        value = loss(logits, target_t, **image)
                     value = float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
                 except Exception as exc:  # noqa: BLE001
                     return [], f"forward failed: {_one_line(exc)}"
