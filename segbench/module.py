@@ -12,6 +12,7 @@ patches and see whole cases (validation, test) through sliding-window inference
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -26,6 +27,7 @@ from .evaluation import CaseEvaluator
 from .inference import argmax_at, check_inference, sliding_window_logits
 from .losses import build_loss
 from .losses.consistency import check_consistency, perturbation_consistency
+from .nonfinite import LossWatch
 
 #: Overlay colours per class id (background transparent).
 PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -35,6 +37,10 @@ PALETTE = np.array([[0, 0, 0], [230, 25, 75], [60, 180, 75], [255, 225, 25], [0,
 
 def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
     """``lr_t = lr_0 * (1 - t / T) ** power`` (TransUNet / AFW-Dice poly decay)."""
+    if not math.isfinite(float(total_steps)):
+        raise ConfigError("scheduler.name=poly decays the learning rate to 0 at the last step, but the run has no "
+                          "last step (trainer.max_epochs=-1); set trainer.max_epochs or trainer.max_steps, or "
+                          "scheduler.name=none")
     total = max(int(total_steps), 1)
     return lambda step: (1.0 - min(step, total) / total) ** power
 
@@ -69,6 +75,8 @@ class SegModule(pl.LightningModule):
         if not name:
             raise ConfigError("loss config has no 'name'; pick one with loss=<name>")
         self.loss_fn = build_loss(name, num_classes=len(self.class_names), class_names=self.class_names, **loss)
+        # notes a non-finite training loss on the device; segbench.nonfinite.StopOnNonFiniteLoss stops the run
+        self.loss_watch = LossWatch(name)
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         if self.scheduler_cfg.get("name", "none") not in ("poly", "none"):
@@ -108,11 +116,14 @@ class SegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"))
+        parts = {}
         if self.consistency["weight"] > 0:
             consistency = perturbation_consistency(self, batch["image"], logits, self.consistency["perturbation"],
                                                    self.consistency["noise_std"])
             self.log("loss/consistency", consistency, on_step=True, on_epoch=False, batch_size=len(logits))
+            parts = {"loss/consistency": consistency}
             loss = loss + self.consistency["weight"] * consistency
+        self.loss_watch.observe(self.global_step, loss, parts)  # device-side: no host sync
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(logits),
                  sync_dist=True)
         for key, value in self.loss_fn.log_values().items():

@@ -159,12 +159,12 @@ class PatchDataModule(CaseDataModule):
                  target_spacing: Sequence[float | None] | None = None, cache_dir: str | None = None,
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
-                 precompute_loss_maps: bool = False):
+                 precompute_loss_maps: bool = False, nonfinite_fill: float | None = None):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps)
+                         precompute_loss_maps, nonfinite_fill)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
             raise ConfigError(f"data.patch_size must be [Z, Y, X] voxels, got {list(patch_size)}")
