@@ -141,3 +141,14 @@ def save_atomically(write, path: Path) -> None:
 def safe_checkpoint_io():
     """A fresh :class:`SafeCheckpointIO` for ``Trainer(plugins=[...])``."""
     return _safe_checkpoint_io()
+
+
+def weights_only_kwargs(method) -> dict[str, bool]:
+    """``{"weights_only": True}`` for a Lightning ``fit``/``test`` that takes it (Lightning >= 2.6), else ``{}``.
+
+    The reads go through :class:`SafeCheckpointIO` (``weights_only=True``) either way; the keyword
+    says the same to Lightning itself.
+    """
+    import inspect
+
+    return {"weights_only": True} if "weights_only" in inspect.signature(method).parameters else {}

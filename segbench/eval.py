@@ -52,7 +52,7 @@ def training_config(cfg: DictConfig) -> DictConfig:
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     import pytorch_lightning as pl
 
-    from .checkpoint import check_matches, load_checkpoint, safe_checkpoint_io
+    from .checkpoint import check_matches, load_checkpoint, safe_checkpoint_io, weights_only_kwargs
     from .evaluation import format_table
     from .runinfo import device_description, git_revision, package_versions
     from .train import build
@@ -69,7 +69,8 @@ def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
                          default_root_dir=str(output_dir), enable_model_summary=False,
                          plugins=[safe_checkpoint_io()])
     datamodule.prepare_data()
-    trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False, weights_only=True)
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False,
+                 **weights_only_kwargs(trainer.test))
     extra = {"run": {"output_dir": str(output_dir), "checkpoint": str(Path(cfg.ckpt_path).resolve()),
                      "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
                      "device": device_description(), "wall_time_s": round(time.time() - start, 1)},

@@ -164,18 +164,21 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     if main_rank:
         datamodule.write_splits(output_dir / "splits.json")
 
+    from .checkpoint import weights_only_kwargs
+
     ckpt = "best"
     with one_run_directory(output_dir):
         if cfg.trainer.max_epochs == 0:
             ckpt = None  # "no training": evaluate the initial weights
         else:
             trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
-                        weights_only=True)
+                        **weights_only_kwargs(trainer.fit))
             if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
                 ckpt = None  # no validation split: test the final weights
         if cfg.test.get("save_predictions"):
             module.prediction_dir = output_dir / "predictions"
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False, weights_only=True)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                     **weights_only_kwargs(trainer.test))
 
     best_val = getattr(trainer.checkpoint_callback, "best_model_score", None)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -232,10 +235,14 @@ def main(cfg: DictConfig) -> float | None:
         else:
             traceback.print_exc()
         if rank_zero_only.rank == 0:
-            atomic_write_text(output_dir / "results" / "error.json",
-                              json.dumps({"error": str(exc), "type": type(exc).__name__}))
-            rundir.update_status(output_dir, status="failed", overrides=overrides,
-                                 error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            try:
+                atomic_write_text(output_dir / "results" / "error.json",
+                                  json.dumps({"error": str(exc), "type": type(exc).__name__}))
+                rundir.update_status(output_dir, status="failed", overrides=overrides,
+                                     error=str(exc).strip().splitlines()[0] if str(exc).strip()
+                                     else type(exc).__name__)
+            except OSError:
+                pass  # the run directory cannot be written (the error above says so): nothing to record in
         if multirun:
             return None  # a failed job is recorded in its own directory; the sweep goes on
         if user_error:

@@ -310,7 +310,7 @@ class CaseDataModule(pl.LightningDataModule):
             return image
         if self.nonfinite_fill is None:
             raise DataError(f"case {case_id} ({ref.image}) holds {count} non-finite image value(s) (NaN or inf) "
-                            f"of {image.size}; fix or drop the scan, or pass +data.nonfinite_fill=<value> "
+                            f"of {image.size}; fix or drop the scan, or pass data.nonfinite_fill=<value> "
                             "(e.g. -1024 HU) to replace them")
         log.warning("case %s: %d non-finite image value(s) replaced by data.nonfinite_fill=%g", case_id, count,
                     self.nonfinite_fill)
