@@ -38,7 +38,7 @@ def datamodule(root: Path, **options) -> SegDataModule:
 
 def float_case(root: Path, case_id: str, image: np.ndarray, label: np.ndarray) -> None:
     """Like conftest.write_case, but a float32 image (NIfTI can hold NaN / inf only in floats)."""
-    write_case(root, case_id, np.nan_to_num(image).astype(np.int16), label)
+    write_case(root, case_id, np.nan_to_num(image, posinf=0, neginf=0).astype(np.int16), label)
     affine = np.diag([-0.8, -0.8, 5.0, 1.0])
     nib.save(nib.Nifti1Image(image.astype(np.float32).transpose(2, 1, 0), affine), root / "img" / f"img{case_id}.nii.gz")
 
