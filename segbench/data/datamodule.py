@@ -221,9 +221,15 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
             out[part] = ids
     if not out["train"]:
         raise DataError("data.split.train is empty; give it at least one case")
-    overlap = (set(out["train"]) & set(out["test"])) | (set(out["val"]) & set(out["test"]))
-    if overlap:
-        raise DataError(f"data.split: case(s) {sorted(overlap)} are both in test and train/val")
+    for part, ids in out.items():
+        dups = sorted({c for c in ids if ids.count(c) > 1})
+        if dups:
+            raise DataError(f"data.split.{part} lists case(s) {dups} more than once")
+    for first, second in (("train", "test"), ("val", "test"), ("train", "val")):
+        both = sorted(set(out[first]) & set(out[second]))
+        if both:  # a test case seen in training or model selection, or validation on training cases
+            raise DataError(f"data.split: case(s) {both} are in both {first} and {second}; each case belongs to "
+                            "one split only")
     return out
 
 
