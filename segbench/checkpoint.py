@@ -46,12 +46,14 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
                               "delete it or point ckpt_path at another checkpoint")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:  # what weights_only refuses: an object that is not plain data
+    except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()
-        hint = next((line.strip() for line in reason if "GLOBAL" in line or "Unsupported" in line), reason[0]
-                    if reason else "")
-        raise CheckpointError(f"checkpoint {path} holds objects that are not plain tensors and numbers; refused "
-                              f"to unpickle it ({hint[:160]})") from None
+        hint = next((line.strip() for line in reason if "GLOBAL" in line), None)
+        if hint is not None:  # what weights_only refuses: an object that is not plain data (a pickle payload)
+            raise CheckpointError(f"checkpoint {path} holds objects that are not plain tensors and numbers; "
+                                  f"refused to unpickle it ({hint[:160]})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a torch checkpoint); delete it or "
+                              "point ckpt_path at another checkpoint") from None
     except Exception as exc:  # truncated zip, wrong magic number, ...: torch raises many types
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); "
