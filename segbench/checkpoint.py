@@ -19,6 +19,7 @@ written to a temporary file in the same folder, flushed to disk and renamed over
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,10 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).strip().splitlines()
-        hint = next((line.strip() for line in reason if "GLOBAL" in line), None)
-        if hint is not None:  # what weights_only refuses: an object that is not plain data (a pickle payload)
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if found is not None:  # what weights_only refuses: an object that is not plain data (a pickle payload)
             raise CheckpointError(f"checkpoint {path} holds objects that are not plain tensors and numbers; "
-                                  f"refused to unpickle it ({hint[:160]})") from None
+                                  f"refused to unpickle it (it calls {found.group(1)})") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a torch checkpoint); delete it or "
                               "point ckpt_path at another checkpoint") from None
     except Exception as exc:  # truncated zip, wrong magic number, ...: torch raises many types
