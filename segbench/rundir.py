@@ -104,10 +104,12 @@ def resume_checkpoint(output_dir: Path, cfg: DictConfig) -> Path | None:
     """The checkpoint an unfinished run of this config in ``output_dir`` resumes from, if any.
 
     ``checkpoints/last.ckpt`` when it loads (:func:`segbench.checkpoint.check_training_checkpoint`:
-    ``weights_only=True``, a complete training state). A corrupt one (a full disk, a kill during a
-    write by an older segbench) is moved aside to ``last.ckpt.corrupt`` and the newest sound
-    checkpoint of ``checkpoints/`` (by training step) is used instead, with one line saying so; with
-    none, the run starts over.
+    ``weights_only=True``, a complete training state). For a corrupt one (a full disk, a kill during a
+    write by an older segbench) the newest sound checkpoint of ``checkpoints/`` (by training step) is
+    used instead, with one line saying so; with none, the run starts over (and :func:`start` removes
+    the corrupt file). The choice depends on the files only, and nothing is moved here, so every DDP
+    rank, which each run this, makes the same one; the corrupt ``last.ckpt`` is overwritten by the
+    next checkpoint.
     """
     from .checkpoint import check_training_checkpoint, load_checkpoint
 
@@ -118,20 +120,15 @@ def resume_checkpoint(output_dir: Path, cfg: DictConfig) -> Path | None:
     problem = check_training_checkpoint(path)
     if problem is None:
         return path
-    aside = path.with_name(path.name + ".corrupt")
-    try:
-        os.replace(path, aside)
-    except OSError:
-        pass  # another rank moved it already
     candidates = []
     for other in sorted(path.parent.glob("*.ckpt")):
-        if check_training_checkpoint(other) is None:
+        if other != path and check_training_checkpoint(other) is None:
             candidates.append((int(load_checkpoint(other).get("global_step", 0)), other.stat().st_mtime, other))
     if candidates:
         best = max(candidates, key=lambda c: c[:2])[2]
-        print(f"{problem}; moved it to {aside.name} and resuming from {best.name}, the newest sound checkpoint")
+        print(f"{problem}; skipping it: resuming from {best.name}, the newest sound checkpoint")
         return best
-    print(f"{problem}; moved it to {aside.name}; no other sound checkpoint: training starts over")
+    print(f"{problem}; no other sound checkpoint: training starts over")
     return None
 
 
