@@ -140,3 +140,41 @@ def report_error(exc: BaseException, what: str = "segbench") -> None:
         traceback.print_exception(exc)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     print(f"{what}: error: {message}", file=sys.stderr)
+
+
+try:
+    from hydra.experimental.callback import Callback as _HydraCallback
+except ImportError:  # pragma: no cover - hydra < 1.1
+    _HydraCallback = object
+
+
+class CheckOutputDir(_HydraCallback):
+    """A Hydra callback: the run (or sweep) directory must be creatable and writable, else one line and exit 1.
+
+    Hydra creates the directory itself before any segbench code runs, so without this check a
+    read-only disk or a file in the way surfaces as Hydra's traceback of ``mkdir``.
+    """
+
+    def _check(self, config, key: str) -> None:
+        from omegaconf import OmegaConf
+
+        try:
+            folder = Path(str(OmegaConf.select(config, key)))
+        except Exception:  # noqa: BLE001 - an interpolation only the job can resolve: Hydra reports it
+            return
+        probe = folder / f".write-test-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            what = f"segbench-{OmegaConf.select(config, 'task_name', default='train')}"
+            print(f"{what}: error: output directory {folder} is not writable ({exc.strerror or exc}); pass "
+                  "hydra.run.dir=<a writable folder> or set SEGBENCH_OUTPUT_DIR", file=sys.stderr)
+            sys.exit(1)
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self._check(config, "hydra.sweep.dir")

@@ -4,6 +4,11 @@ The training run's own config is loaded from ``<run>/.hydra/config.yaml`` (the
 checkpoint lives in ``<run>/checkpoints/``), so data, model and loss always match
 the checkpoint; ``metrics``, ``test`` and ``data`` overrides from the command
 line are applied on top. Results go to this evaluation's own run directory.
+
+A run directory may come from someone else: its config may only instantiate segbench, torch
+optimiser and Lightning classes (:mod:`segbench.trust`; ``trusted_modules=[mylab.losses]`` admits
+your own), and the checkpoint is read with ``weights_only=True`` and checked against the model
+the config builds (:mod:`segbench.checkpoint`) before anything is tested.
 """
 
 from __future__ import annotations
@@ -31,34 +36,47 @@ def training_config(cfg: DictConfig) -> DictConfig:
     path = Path(cfg.train_config) if cfg.train_config else ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"training config {path} not found; pass train_config=<run>/.hydra/config.yaml")
-    train_cfg = OmegaConf.load(path)
+    try:
+        train_cfg = OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - not YAML, not a mapping
+        raise ConfigError(f"training config {path} is not a readable config ({type(exc).__name__}); "
+                          "pass train_config=<run>/.hydra/config.yaml") from None
+    if not isinstance(train_cfg, DictConfig):
+        raise ConfigError(f"training config {path} is not a mapping; pass train_config=<run>/.hydra/config.yaml")
     with open_dict(train_cfg):
         train_cfg.metrics = cfg.metrics
         train_cfg.test = cfg.test
-        train_cfg.data = OmegaConf.merge(train_cfg.data, cfg.data)
+        train_cfg.data = OmegaConf.merge(train_cfg.data, cfg.data) if "data" in train_cfg else cfg.data
         # paths are re-resolved for this machine / this evaluation's run directory
         train_cfg.paths = cfg.paths
-    return train_cfg
+    from .trust import checked_config
+
+    return checked_config(train_cfg, cfg.get("trusted_modules") or (), source=f"training config {path}")
 
 
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     import pytorch_lightning as pl
 
     from .console import interactive, report
+    from .checkpoint import check_matches, load_checkpoint, safe_checkpoint_io, weights_only_kwargs
     from .evaluation import format_table
     from .runinfo import device_description, git_revision, package_versions
     from .train import build
 
     start = time.time()
     train_cfg = training_config(cfg)
+    checkpoint = load_checkpoint(cfg.ckpt_path)  # weights_only=True: no pickle payload runs
     datamodule, module = build(train_cfg)
+    check_matches(checkpoint, module, cfg.ckpt_path)
+    del checkpoint
     if cfg.test.get("save_predictions"):
         module.prediction_dir = output_dir / "predictions"
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), logger=False, enable_checkpointing=False,
                          default_root_dir=str(output_dir), enable_model_summary=False,
-                         enable_progress_bar=interactive())
+                         enable_progress_bar=interactive(), plugins=[safe_checkpoint_io()])
     datamodule.prepare_data()
-    trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False)
+    trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False,
+                 **weights_only_kwargs(trainer.test))
     extra = {"run": {"output_dir": str(output_dir), "checkpoint": str(Path(cfg.ckpt_path).resolve()),
                      "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
                      "device": device_description(), "wall_time_s": round(time.time() - start, 1)},

@@ -13,6 +13,7 @@ patches and see whole cases (validation, test) through sliding-window inference
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -29,10 +30,16 @@ from .inference import argmax_at, check_inference, sliding_window_logits
 from .losses import loss_from_config
 from .losses.base import SegLoss
 from .losses.consistency import check_consistency, perturbation_consistency
+from .nonfinite import LossWatch
 from .overlays import figure_to_rgb, overlay_figure
+
 
 def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
     """``lr_t = lr_0 * (1 - t / T) ** power`` (TransUNet / AFW-Dice poly decay)."""
+    if not math.isfinite(float(total_steps)):
+        raise ConfigError("scheduler.name=poly decays the learning rate to 0 at the last step, but the run has no "
+                          "last step (trainer.max_epochs=-1); set trainer.max_epochs or trainer.max_steps, or "
+                          "scheduler.name=none")
     total = max(int(total_steps), 1)
     return lambda step: (1.0 - min(step, total) / total) ** power
 
@@ -65,6 +72,8 @@ class SegModule(pl.LightningModule):
         self.class_names = list(class_names)
         # a built-in loss by name, or the user's own class by _target_ (segbench.losses.loss_from_config)
         self.loss_fn = loss_from_config(loss, num_classes=len(self.class_names), class_names=self.class_names)
+        # notes a non-finite training loss on the device; segbench.nonfinite.StopOnNonFiniteLoss stops the run
+        self.loss_watch = LossWatch(str(loss.get("name") or loss.get("_target_") or "loss"))
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
         if self.scheduler_cfg.get("name", "none") not in ("poly", "none"):
@@ -117,16 +126,19 @@ class SegModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits = self(batch["image"])
         loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"), **self._loss_image(batch))
+        parts = {}
         if self.consistency["weight"] > 0:
             consistency = perturbation_consistency(self, batch["image"], logits, self.consistency["perturbation"],
                                                    self.consistency["noise_std"])
             self.log("loss/consistency", consistency, on_step=True, on_epoch=False, batch_size=len(logits))
+            parts = {"loss/consistency": consistency}
             loss = loss + self.consistency["weight"] * consistency
         # Logged values stay tensors on the device: Lightning reads them back only when it writes the
         # logs (every trainer.log_every_n_steps) or refreshes the progress bar. The step value is this
         # rank's; the epoch mean is reduced over the ranks once, at the epoch's end (no all-reduce per step).
         batch_size = len(logits)
         value = loss.detach()
+        self.loss_watch.observe(self.global_step, value, parts)  # device-side: no host sync
         self.log("train/loss_step", value, prog_bar=True, on_step=True, on_epoch=False, batch_size=batch_size)
         self.log("train/loss_epoch", value, on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         for key, value in self.loss_fn.log_values().items():

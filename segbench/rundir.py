@@ -101,12 +101,35 @@ def finished_summary(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None
 
 
 def resume_checkpoint(output_dir: Path, cfg: DictConfig) -> Path | None:
-    """``checkpoints/last.ckpt`` of an unfinished run of this config in ``output_dir``, if any."""
+    """The checkpoint an unfinished run of this config in ``output_dir`` resumes from, if any.
+
+    ``checkpoints/last.ckpt`` when it loads (:func:`segbench.checkpoint.check_training_checkpoint`:
+    ``weights_only=True``, a complete training state). For a corrupt one (a full disk, a kill during a
+    write by an older segbench) the newest sound checkpoint of ``checkpoints/`` (by training step) is
+    used instead, with one line saying so; with none, the run starts over (and :func:`start` removes
+    the corrupt file). The choice depends on the files only, and nothing is moved here, so every DDP
+    rank, which each run this, makes the same one; the corrupt ``last.ckpt`` is overwritten by the
+    next checkpoint.
+    """
+    from .checkpoint import check_training_checkpoint, load_checkpoint
+
     path = Path(output_dir) / LAST_CHECKPOINT
     if not cfg.get("resume", True) or not path.is_file() or (Path(output_dir) / SUMMARY).is_file():
         return None
     _check_same_config(output_dir, cfg, "an unfinished run")
-    return path
+    problem = check_training_checkpoint(path)
+    if problem is None:
+        return path
+    candidates = []
+    for other in sorted(path.parent.glob("*.ckpt")):
+        if other != path and check_training_checkpoint(other) is None:
+            candidates.append((int(load_checkpoint(other).get("global_step", 0)), other.stat().st_mtime, other))
+    if candidates:
+        best = max(candidates, key=lambda c: c[:2])[2]
+        print(f"{problem}; skipping it: resuming from {best.name}, the newest sound checkpoint")
+        return best
+    print(f"{problem}; no other sound checkpoint: training starts over")
+    return None
 
 
 def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resumed_from: Path | None) -> None:

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import traceback
@@ -63,21 +64,52 @@ def build_trainer(cfg: DictConfig, output_dir: Path):
     from pytorch_lightning.callbacks import ProgressBar
 
     from .console import epoch_line_callback, interactive, quiet_third_party
+    from .checkpoint import safe_checkpoint_io
+    from .nonfinite import StopOnNonFiniteLoss
     from .rundir import epoch_status_callback
     from .seeding import RandomStateCheckpoint
 
     quiet_third_party(single_process=str(cfg.trainer.get("devices", 1)) == "1"
                       and int(cfg.trainer.get("num_nodes", 1) or 1) == 1)
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    # not in the callbacks config: exact resume and the run index depend on them
-    callbacks += [RandomStateCheckpoint(cfg.seed), epoch_status_callback(output_dir)]
+    # not in the callbacks config: exact resume, the run index and a sound run depend on them
+    callbacks += [RandomStateCheckpoint(cfg.seed), epoch_status_callback(output_dir), StopOnNonFiniteLoss()]
     progress = {}
     if not interactive():  # a redirected log / Slurm output: one line per epoch, not carriage-return updates
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)] + [epoch_line_callback()]
         progress = {"enable_progress_bar": False}
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    # checkpoints written atomically, read with weights_only=True (segbench.checkpoint)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                       default_root_dir=str(output_dir), **progress)
+                       default_root_dir=str(output_dir), plugins=[safe_checkpoint_io()], **progress)
+
+
+def check_schedule(cfg: DictConfig) -> None:
+    """``trainer.max_epochs`` the schedule can work with: -1 (no end) has no last step for poly decay."""
+    max_epochs = cfg.trainer.get("max_epochs")
+    if max_epochs is None:
+        return
+    if int(max_epochs) < -1:
+        raise ConfigError(f"trainer.max_epochs={max_epochs} is invalid; pass a number of epochs >= 0 "
+                          "(0: test the initial weights)")
+    max_steps = cfg.trainer.get("max_steps")
+    no_end = int(max_epochs) == -1 and (max_steps is None or int(max_steps) < 0)
+    by_epoch = cfg.scheduler.get("interval", "step") == "epoch" and int(max_epochs) == -1
+    if cfg.scheduler.get("name", "none") == "poly" and (no_end or by_epoch):
+        raise ConfigError("trainer.max_epochs=-1 trains without end, but scheduler.name=poly decays the learning "
+                          "rate to 0 at the last step; set trainer.max_epochs=<epochs> or scheduler.name=none")
+
+
+def check_writable(output_dir: Path) -> None:
+    """One line for a run directory that cannot be written (read-only disk, a file in the way)."""
+    probe = Path(output_dir) / f".write-test-{os.getpid()}"
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {output_dir} is not writable ({exc.strerror or exc}); pass "
+                          "hydra.run.dir=<a writable folder> or set SEGBENCH_OUTPUT_DIR") from None
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
@@ -110,6 +142,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         hint = ("data.root=<the dataset's directory>, or data=phantom for the built-in phantom"
                 if "data.root" in missing else f"{missing[0]}=...")
         raise ConfigError(f"{', '.join(missing)} not set: pass {hint}")
+    check_schedule(cfg)
+    check_writable(output_dir)
     finished = rundir.finished_summary(output_dir, cfg)
     if finished is not None:
         print(f"{output_dir} holds a finished run of this config (results/summary.json): not trained again; "
@@ -122,26 +156,39 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     trainer = build_trainer(cfg, output_dir)
     main_rank = trainer.global_rank == 0
     resume_from = cfg.get("ckpt_path") or rundir.resume_checkpoint(output_dir, cfg)
+    if resume_from:  # loads (weights_only=True), holds a training state, fits this model: or one line
+        from .checkpoint import CheckpointError, check_matches, check_training_checkpoint, load_checkpoint
+
+        problem = check_training_checkpoint(resume_from)
+        if problem:
+            raise CheckpointError(problem)
+        check_matches(load_checkpoint(resume_from), module, resume_from)
     if main_rank:
         rundir.start(output_dir, cfg, overrides, resume_from)
     if resume_from:
         print(f"resuming from {resume_from}")
     datamodule.prepare_data()
     datamodule.setup("fit")
+    # pre-flight: every case of every split read and checked before the first step (segbench.data)
+    datamodule.preflight()
     if main_rank:
         datamodule.write_splits(output_dir / "splits.json")
+
+    from .checkpoint import weights_only_kwargs
 
     ckpt = "best"
     with one_run_directory(output_dir):
         if cfg.trainer.max_epochs == 0:
             ckpt = None  # "no training": evaluate the initial weights
         else:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+                        **weights_only_kwargs(trainer.fit))
             if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
                 ckpt = None  # no validation split: test the final weights
         if cfg.test.get("save_predictions"):
             module.prediction_dir = output_dir / "predictions"
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
+        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                     **weights_only_kwargs(trainer.test))
 
     best_val = getattr(trainer.checkpoint_callback, "best_model_score", None)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -203,10 +250,14 @@ def main(cfg: DictConfig) -> float | None:
         else:
             traceback.print_exc()
         if rank_zero_only.rank == 0:
-            atomic_write_text(output_dir / "results" / "error.json",
-                              json.dumps({"error": str(exc), "type": getattr(exc, "type_name", type(exc).__name__)}))
-            rundir.update_status(output_dir, status="failed", overrides=overrides,
-                                 error=str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            try:
+                atomic_write_text(output_dir / "results" / "error.json",
+                                  json.dumps({"error": str(exc), "type": getattr(exc, "type_name", type(exc).__name__)}))
+                rundir.update_status(output_dir, status="failed", overrides=overrides,
+                                     error=str(exc).strip().splitlines()[0] if str(exc).strip()
+                                     else type(exc).__name__)
+            except OSError:
+                pass  # the run directory cannot be written (the error above says so): nothing to record in
         if multirun:
             return None  # a failed job is recorded in its own directory; the sweep goes on
         if user_error:

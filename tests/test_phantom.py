@@ -68,7 +68,10 @@ def test_same_seed_gives_identical_arrays_and_another_seed_differs(cases):
 def test_case_seed_depends_on_dataset_seed_and_case_number_only():
     seeds = {case_seed(dataset, number) for dataset in (0, 1) for number in (1, 2, 3)}
     assert len(seeds) == 6
-    assert case_seed(0, 3) == case_seed(0, 3)
+    # pinned: the value of SeedSequence([0, 3]).generate_state(1, uint64)[0] >> 1; a change of the formula would
+    # silently change every phantom (and the README's numbers), so it must fail here
+    assert case_seed(0, 3) == 3291213472928352369
+    assert case_seed(3, 0) != case_seed(0, 3)  # (dataset, case) is ordered, not a set
 
 
 def test_case_is_the_same_patient_at_another_resolution(cases):

@@ -36,7 +36,7 @@ from .volume import CaseRef
 log = logging.getLogger("segbench.data")
 
 #: bump when preprocessing changes what it writes for the same inputs and parameters
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cases in the canonical orientation (segbench.data.volume.to_canonical)
 MARKER = "COMPLETE"
 STALE_TMP_S = 24 * 3600
 
@@ -70,6 +70,19 @@ def fingerprint(paths: list[Path]) -> list[list[Any]]:
         except OSError:
             rows.append([str(path), "missing"])
     return rows
+
+
+def writable(folder: str | Path) -> str | None:
+    """Why ``folder`` cannot hold a cache (OS error text), or None when it can be created and written."""
+    folder = Path(folder)
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def _pid_alive(pid: int) -> bool:
@@ -165,7 +178,11 @@ class PreprocessCache:
             self.hits += 1
             return found
         arrays, meta = build()
-        self.write(path, arrays, meta)
+        try:
+            self.write(path, arrays, meta)
+        except OSError as exc:  # a full or read-only disk: go on with the arrays in hand, uncached
+            log.warning("cannot write cache entry %s (%s); going on without caching it", path, exc.strerror or exc)
+            return arrays, meta
         self.builds += 1
         return arrays, meta
 

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError, DataError
 from .loader import check_loader_options, check_num_workers, loader_options
 from .preprocess import check_target_spacing, resample_volume
-from .volume import CaseRef, Volume
+from .volume import CaseRef, Volume, to_canonical
 
 log = logging.getLogger("segbench.data")
 
@@ -238,9 +238,15 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
             out[part] = ids
     if not out["train"]:
         raise DataError("data.split.train is empty; give it at least one case")
-    overlap = (set(out["train"]) & set(out["test"])) | (set(out["val"]) & set(out["test"]))
-    if overlap:
-        raise DataError(f"data.split: case(s) {sorted(overlap)} are both in test and train/val")
+    for part, ids in out.items():
+        dups = sorted({c for c in ids if ids.count(c) > 1})
+        if dups:
+            raise DataError(f"data.split.{part} lists case(s) {dups} more than once")
+    for first, second in (("train", "test"), ("val", "test"), ("train", "val")):
+        both = sorted(set(out[first]) & set(out[second]))
+        if both:  # a test case seen in training or model selection, or validation on training cases
+            raise DataError(f"data.split: case(s) {both} are in both {first} and {second}; each case belongs to "
+                            "one split only")
     return out
 
 
@@ -253,10 +259,17 @@ class CaseDataModule(pl.LightningDataModule):
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float],
                  num_classes: int | None, name: str, cache_dir: str | None,
                  target_spacing: Sequence[float | None] | None, precompute_loss_maps: bool = False,
-                 num_workers: int | str = "auto", pin_memory: bool | str = "auto", prefetch_factor: int = 4):
+                 num_workers: int | str = "auto", pin_memory: bool | str = "auto", prefetch_factor: int = 4,
+                 nonfinite_fill: float | None = None):
         super().__init__()
         self.num_workers = check_num_workers(num_workers)
         self.pin_memory, self.prefetch_factor = check_loader_options(pin_memory, prefetch_factor)
+        if nonfinite_fill is not None and not (isinstance(nonfinite_fill, (int, float))
+                                               and math.isfinite(float(nonfinite_fill))):
+            raise ConfigError(f"data.nonfinite_fill must be a finite number (the value that replaces NaN / inf "
+                              f"image values) or null (refuse such scans), got {nonfinite_fill!r}")
+        self.nonfinite_fill = None if nonfinite_fill is None else float(nonfinite_fill)
+        self._checked: set[str] = set()  # cases read and checked (segbench.data.CaseDataModule.preflight)
         if not isinstance(precompute_loss_maps, bool):
             raise ConfigError(f"data.precompute_loss_maps must be true or false, got {precompute_loss_maps!r}")
         self.precompute_loss_maps = precompute_loss_maps
@@ -277,9 +290,14 @@ class CaseDataModule(pl.LightningDataModule):
         self.target_spacing = check_target_spacing(target_spacing)
         self.cache = None
         if cache_dir:
-            from .cache import PreprocessCache
+            from .cache import PreprocessCache, writable
 
-            self.cache = PreprocessCache(cache_dir, source)
+            problem = writable(cache_dir)
+            if problem is None:
+                self.cache = PreprocessCache(cache_dir, source)
+            else:  # a read-only or full disk: the run works without the cache, only slower
+                log.warning("data.cache_dir %s is not writable (%s); running without the preprocessing cache "
+                            "(set data.cache_dir=<a writable folder>, or null)", cache_dir, problem)
         self.splits: dict[str, list[str]] = {}
         self._refs: dict[str, CaseRef] = {}
         self.train_set = self.val_set = None
@@ -305,10 +323,42 @@ class CaseDataModule(pl.LightningDataModule):
             self.test_volumes = [self._prepared(c) for c in self._progress(self.splits["test"], "test")]
 
     def _load(self, case_id: str) -> Volume:
-        vol = self.source.load(self._refs[case_id])
+        """Read a case, check it (a label, finite intensities) and bring it to the canonical orientation."""
+        ref = self._refs[case_id]
+        vol = self.source.load(ref)
         if vol.label is None:
             raise DataError(f"case {case_id} has no label file; training and testing need labels")
-        return vol
+        vol.image = self._finite(vol.image, case_id, ref)
+        return to_canonical(vol)
+
+    def _finite(self, image: np.ndarray, case_id: str, ref: CaseRef) -> np.ndarray:
+        """``image`` when every value is finite; else refused, or NaN/inf replaced by ``data.nonfinite_fill``."""
+        bad = ~np.isfinite(image)
+        count = int(bad.sum())
+        if count == 0:
+            return image
+        if self.nonfinite_fill is None:
+            raise DataError(f"case {case_id} ({ref.image}) holds {count} non-finite image value(s) (NaN or inf) "
+                            f"of {image.size}; fix or drop the scan, or pass data.nonfinite_fill=<value> "
+                            "(e.g. -1024 HU) to replace them")
+        log.warning("case %s: %d non-finite image value(s) replaced by data.nonfinite_fill=%g", case_id, count,
+                    self.nonfinite_fill)
+        return np.where(bad, np.float32(self.nonfinite_fill), image).astype(image.dtype, copy=False)
+
+    def preflight(self) -> None:
+        """Open and check every case of every split before the first training step.
+
+        Each case goes through the one loading path (:meth:`_prepared`): readable, a label in
+        ``0..num_classes-1`` (:func:`~segbench.data.volume.apply_label_map`), image and label of one
+        shape and affine, finite intensities. A bad test case so stops the run before training, not
+        after it. Cases already prepared by :meth:`setup` are not read again; with ``data.cache_dir``
+        the preprocessed cases are cached, so a second run only reads the cache.
+        """
+        self._resolve_splits()
+        for part in ("train", "val", "test"):
+            todo = [c for c in self.splits[part] if c not in self._checked]
+            for case_id in self._progress(todo, f"{part} (pre-flight)") if todo else ():
+                self._prepared(case_id)
 
     # -- the one preprocessing path (cached when data.cache_dir is set) -------------------------------------
     def _prepare(self, case_id: str) -> Volume:
@@ -317,7 +367,8 @@ class CaseDataModule(pl.LightningDataModule):
         return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True)
 
     def _cache_params(self, **extra) -> dict[str, Any]:
-        return {"window": self.window, "target_spacing": self.target_spacing, **extra}
+        fill = {} if self.nonfinite_fill is None else {"nonfinite_fill": self.nonfinite_fill}
+        return {"window": self.window, "target_spacing": self.target_spacing, **fill, **extra}
 
     def _prepared(self, case_id: str) -> Volume:
         """A whole preprocessed case, from the cache when possible."""
@@ -330,6 +381,7 @@ class CaseDataModule(pl.LightningDataModule):
             arrays, meta = build()
         else:
             arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", self._cache_params(), build)
+        self._checked.add(case_id)
         return Volume(case_id, np.ascontiguousarray(arrays["image"], np.float32),
                       np.ascontiguousarray(arrays["label"], np.uint8), tuple(meta["spacing"]),
                       np.asarray(meta["affine"]), normalized=True)
@@ -375,6 +427,8 @@ class SegDataModule(CaseDataModule):
         name: the dataset's name (recorded in results).
         slices_with_foreground_only: train on slices that show at least one organ.
         cache_dir: where preprocessed cases are cached (:mod:`segbench.data.cache`); ``None`` = no cache.
+        nonfinite_fill: ``None`` refuses a scan holding NaN / inf intensities (one line: case, count);
+            a number replaces them by it (in the image's units, e.g. -1024 HU).
         target_spacing: ``[sz, sy, sx]`` mm to resample every case to before slicing (``null`` entries
             keep that axis; ``None`` = native spacing). Test cases are then scored on the resampled grid.
         root, phantom: read by the source config through interpolation (``${data.root}``);
@@ -387,9 +441,9 @@ class SegDataModule(CaseDataModule):
                  name: str = "dataset", slices_with_foreground_only: bool = False,
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
                  target_spacing: Sequence[float | None] | None = None, precompute_loss_maps: bool = False,
-                 pin_memory: bool | str = "auto", prefetch_factor: int = 4):
+                 pin_memory: bool | str = "auto", prefetch_factor: int = 4, nonfinite_fill: float | None = None):
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor)
+                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill)
         if int(img_size) < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {img_size}")
         if int(batch_size) < 1:
@@ -426,6 +480,7 @@ class SegDataModule(CaseDataModule):
         else:
             params = self._cache_params(img_size=self.img_size)
             arrays, _ = self.cache.get_or_build(self._refs[case_id], "slices", params, build)
+        self._checked.add(case_id)
         return arrays["image"], arrays["label"]
 
     def _slices(self, case_ids: list[str], foreground_only: bool, part: str = "train") -> SliceSet:

@@ -165,12 +165,12 @@ class PatchDataModule(CaseDataModule):
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
                  precompute_loss_maps: bool = False, pin_memory: bool | str = "auto", prefetch_factor: int = 4,
-                 target_shape: Sequence[int] | None = None):
+                 target_shape: Sequence[int] | None = None, nonfinite_fill: float | None = None):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor)
+                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill)
         self.target_shape = check_target_shape(target_shape)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:

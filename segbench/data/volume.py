@@ -4,6 +4,15 @@ Inside segbench a volume is a numpy array in ``(Z, Y, X)`` axis order (slice,
 row, column) with its voxel spacing ``(sz, sy, sx)`` in mm in the same order.
 NIfTI files store ``(X, Y, Z)``; :func:`load_nifti_case` transposes and keeps
 the original affine so predictions can be written back in the input's space.
+
+Orientation. Scanners store volumes axially, sagittally, coronally or with permuted axes; the
+affine says which. The data module brings every case to one canonical orientation at load
+(:func:`to_canonical`): array axes ``(X, Y, Z)`` running to patient Left, Posterior, Superior
+(:data:`CANONICAL`, DICOM's patient system, nibabel axis codes ``LPS``; the closest such axes of an
+oblique affine, as nibabel's ``as_closest_canonical`` does for RAS). So ``(Z, Y, X)`` slices are
+axial, shown in the radiological convention, for every scanner. ``Volume.affine`` stays the input's
+own affine, and :func:`save_nifti_label` writes a (canonical) prediction back in the input's own
+orientation, so it overlays its input voxel for voxel.
 """
 
 from __future__ import annotations
@@ -43,6 +52,48 @@ class Volume:
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.image.shape)
+
+
+#: the canonical orientation of segbench's arrays (nibabel axis codes of the X, Y, Z voxel axes)
+CANONICAL = ("L", "P", "S")
+
+
+def _to_canonical_ornt(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform from the voxel axes of ``affine`` to :data:`CANONICAL`."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    return ornt_transform(io_orientation(np.asarray(affine, dtype=np.float64)), axcodes2ornt(CANONICAL))
+
+
+def _reorient_zyx(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    from nibabel.orientations import apply_orientation
+
+    return np.ascontiguousarray(apply_orientation(array.transpose(2, 1, 0), ornt).transpose(2, 1, 0))
+
+
+def to_canonical(vol: Volume) -> Volume:
+    """``vol`` with image, label and spacing in :data:`CANONICAL` orientation (the affine is kept: the input's).
+
+    ``(Z, Y, X)`` arrays are ``(X, Y, Z)`` voxel axes of ``vol.affine`` transposed; a volume already
+    canonical (identity transform) is returned unchanged, bit for bit.
+    """
+    ornt = _to_canonical_ornt(vol.affine)
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]):
+        return vol
+    spacing_xyz = np.asarray(vol.spacing[::-1], dtype=np.float64)
+    canonical_xyz = np.empty(3)
+    canonical_xyz[ornt[:, 0].astype(int)] = spacing_xyz
+    return Volume(vol.case_id, _reorient_zyx(vol.image, ornt),
+                  None if vol.label is None else _reorient_zyx(vol.label, ornt),
+                  tuple(float(v) for v in canonical_xyz[::-1]), vol.affine, vol.normalized)
+
+
+def from_canonical(array_zyx: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """A canonical ``(Z, Y, X)`` array back in the voxel order of ``affine`` (the inverse of :func:`to_canonical`)."""
+    from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
+
+    back = ornt_transform(axcodes2ornt(CANONICAL), io_orientation(np.asarray(affine, dtype=np.float64)))
+    return _reorient_zyx(array_zyx, back)
 
 
 def _read_nifti(path: Path):
@@ -104,11 +155,13 @@ def load_nifti_case(ref: CaseRef, num_classes: int, label_map: dict[int, int] | 
 
 
 def save_nifti_label(path: Path, label: np.ndarray, affine: np.ndarray) -> None:
-    """Write a (Z, Y, X) label map as NIfTI with ``affine`` (atomic: tmp file then rename)."""
+    """Write a canonical (Z, Y, X) label map as NIfTI with ``affine``, the input's own, in the input's own
+    orientation (:func:`from_canonical`), so it overlays the input (atomic: tmp file then rename)."""
     import nibabel as nib
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    label = from_canonical(label, affine)
     out = nib.Nifti1Image(np.ascontiguousarray(label.transpose(2, 1, 0)).astype(np.uint8), affine)
     out.set_qform(affine, code=1)
     out.set_sform(affine, code=1)

@@ -47,3 +47,20 @@ def first_dir(root: Path, candidates: Iterable[str], marker: str) -> Path | None
 def require_root(root: Path, what: str, layout: str) -> None:
     if not root.is_dir():
         raise DataError(f"{what} root {root} not found; set data.root=/path/to/{what} (expected layout: {layout})")
+
+
+def listed_path(base: Path, entry: str, list_file: Path, suffix: str = "") -> Path:
+    """``base / (entry + suffix)`` for an entry of a dataset's list file; refused when it would leave ``base``.
+
+    List files (TransUNet's ``lists_Synapse/*.txt``) are data, not trusted paths: an absolute entry or
+    one whose ``..`` climbs out of the folder could make segbench read (and cache, and report) any file.
+    The check is on the text (``os.path.normpath``), so a dataset folder that holds symbolic links
+    still works.
+    """
+    import os
+
+    normal = os.path.normpath(entry + suffix)
+    if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep) or "\0" in entry:
+        raise DataError(f"{list_file} lists {entry!r}, which points outside {base}; list entries must name files "
+                        "inside the dataset folder (e.g. case0005_slice012)")
+    return Path(base) / normal

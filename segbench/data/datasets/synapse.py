@@ -31,7 +31,7 @@ import numpy as np
 from ...errors import ConfigError, DataError
 from ..sources import NiftiFolderSource
 from ..volume import CaseRef, Volume, apply_label_map, load_nifti_case
-from .common import check_label_values, first_dir, integral_label, natural_key, require_root
+from .common import check_label_values, first_dir, integral_label, listed_path, natural_key, require_root
 
 log = logging.getLogger("segbench.data")
 
@@ -116,7 +116,7 @@ class SynapseSource:
         volumes: dict[str, Path] = {}
         if lists.is_dir() and (lists / "train.txt").is_file():
             names = [n for n in (lists / "train.txt").read_text().split() if n]
-            paths = [npz_dir / f"{n}.npz" for n in names]
+            paths = [listed_path(npz_dir, n, lists / "train.txt", ".npz") for n in names]
             missing = [p for p in paths if not p.is_file()]
             if missing:
                 raise DataError(f"{lists / 'train.txt'} lists {len(missing)} slice(s) that are missing, e.g. "
@@ -130,10 +130,10 @@ class SynapseSource:
             slices.setdefault(match.group(1), []).append(path)
         if lists.is_dir() and (lists / "test_vol.txt").is_file():
             for name in (n for n in (lists / "test_vol.txt").read_text().split() if n):
-                path = h5_dir / f"{name}.npy.h5"
+                path = listed_path(h5_dir, name, lists / "test_vol.txt", ".npy.h5")
                 if not path.is_file():
                     raise DataError(f"{lists / 'test_vol.txt'} lists {name} but {path} is missing")
-                volumes[self._vol_id(name, path)] = path
+                volumes[self._vol_id(path.name[: -len(".npy.h5")], path)] = path
         elif h5_dir.is_dir():
             for path in sorted(h5_dir.glob("*.npy.h5")):
                 volumes[self._vol_id(path.name[: -len(".npy.h5")], path)] = path
@@ -177,13 +177,16 @@ class SynapseSource:
                          "data.source.default_spacing=%s mm (distances then count voxels, like TransUNet)", spacing)
                 self._warned_spacing = True
         sz, sy, sx = spacing
-        return Volume(ref.case_id, image, label.astype(np.uint8), (sz, sy, sx), np.diag([sx, sy, sz, 1.0]),
+        # the arrays are as TransUNet stored them, rows to posterior, columns to patient left: the canonical
+        # orientation (segbench.data.volume.CANONICAL), which this affine states
+        return Volume(ref.case_id, image, label.astype(np.uint8), (sz, sy, sx), np.diag([-sx, -sy, sz, 1.0]),
                       normalized=True)
 
     def _checked_image(self, image: np.ndarray, path: Path) -> np.ndarray:
         image = np.asarray(image, dtype=np.float32)
-        low, high = float(image.min()), float(image.max())
-        if low < -1e-3 or high > 1 + 1e-3 or not np.isfinite(image).all():
+        finite = image[np.isfinite(image)]  # NaN / inf are counted and refused by the data module
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if low < -1e-3 or high > 1 + 1e-3:
             raise DataError(f"{path} holds image values in [{low:g}, {high:g}]; TransUNet's files are windowed to "
                             "[0, 1] (use layout raw for HU volumes)")
         return np.clip(image, 0.0, 1.0)
