@@ -119,10 +119,16 @@ def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_p
     assert re.search(r"^\| my_loss \| 1 \|", outputs[2], flags=re.M), outputs[2]
     assert (project / "outputs" / "report" / "table.md").is_file()
 
-    # segbench-eval rebuilds the user's loss and source from the run's own config, from the same folder
+    # segbench-eval rebuilds the user's loss and source from the run's own config, from the same folder --
+    # only once the user names their module: a run directory's config is not trusted to import code
     ckpt = "outputs/my_experiment/first/checkpoints/last.ckpt"
-    proc = subprocess.run(console_script("segbench-eval") + [f"ckpt_path={ckpt}", "hydra.run.dir=outputs/ev"],
-                          cwd=project, env=user_env(), capture_output=True, text=True, timeout=600)
+    eval_cmd = console_script("segbench-eval") + [f"ckpt_path={ckpt}", "hydra.run.dir=outputs/ev"]
+    refused = subprocess.run(eval_cmd, cwd=project, env=user_env(), capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 1
+    assert "my_module.MySource" in refused.stderr and "trusted_modules=[<module>]" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    proc = subprocess.run(eval_cmd + ["trusted_modules=[my_module]"], cwd=project, env=user_env(),
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rescored = json.loads((project / "outputs" / "ev" / "results" / "summary.json").read_text())
     assert rescored["config"]["loss"]["_target_"] == "my_module.MyLoss"
