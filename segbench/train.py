@@ -119,6 +119,21 @@ def _missing_keys(node: Any, prefix: str = "") -> list[str]:
     return [prefix.rstrip(".")] if node == "???" else []
 
 
+def _unset_dataset_root(cfg: DictConfig) -> str | None:
+    """The hint for a dataset read from ``${data.root}`` whose root resolved to null -- a sweep over datasets
+    (Tables 3-5) takes one root per dataset from ``dataset_roots.<name>`` -- else None."""
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or "root" not in data or "source" not in data:
+        return None
+    if "${data.root}" not in str(OmegaConf.to_container(data.source, resolve=False)):
+        return None  # the source does not read data.root (the phantom)
+    if OmegaConf.select(cfg, "data.root", default=None) is not None:
+        return None
+    if "dataset_roots" in cfg:
+        return f"dataset_roots.{data.name}=<the dataset's directory> (or data.root=...), or data=phantom"
+    return "data.root=<the dataset's directory>, or data=phantom for the built-in phantom"
+
+
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Fit (unless ``trainer.max_epochs=0``) and test; returns the summary written to results/.
 
@@ -142,6 +157,9 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         hint = ("data.root=<the dataset's directory>, or data=phantom for the built-in phantom"
                 if "data.root" in missing else f"{missing[0]}=...")
         raise ConfigError(f"{', '.join(missing)} not set: pass {hint}")
+    root_hint = _unset_dataset_root(cfg)
+    if root_hint is not None:
+        raise ConfigError(f"data.root not set for data={cfg.data.name}: pass {root_hint}")
     check_schedule(cfg)
     check_writable(output_dir)
     finished = rundir.finished_summary(output_dir, cfg)

@@ -20,11 +20,11 @@ import yaml
 EXPERIMENTS = {  # experiment -> (jobs in its sweep, the keys it sweeps)
     "table1_synapse": (12, ["loss", "seed"]),
     "table2_abdomenct1k": (12, ["loss", "seed"]),
-    "table3_uncertainty": (6, ["loss.uncertainty", "seed"]),
-    "table4_symmetry": (6, ["loss.asymmetric", "seed"]),
-    "table5_models2d": (24, ["model", "loss", "seed"]),
+    "table3_uncertainty": (12, ["data", "loss.uncertainty", "seed"]),   # Synapse and AbdomenCT-1K
+    "table4_symmetry": (12, ["data", "loss.asymmetric", "seed"]),
+    "table5_models2d": (48, ["table5_row", "data", "seed"]),           # 4 models x {their loss, AFW}
     "table6_3d": (12, ["model", "loss", "seed"]),
-    "fig3_gamma": (12, ["loss.gamma", "seed"]),
+    "fig3_gamma": (15, ["loss.gamma", "seed"]),
     "fig4_focused": (15, ["loss.focused_classes", "seed"]),
 }
 DATA = {"table1_synapse": "synapse", "table2_abdomenct1k": "abdomenct1k", "table3_uncertainty": "synapse",
@@ -75,17 +75,19 @@ def test_every_experiment_has_the_papers_settings_and_composes_every_job_on_the_
             assert cfg.task_name == name
             assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.01, 0.9, 1e-4)
             assert dict(cfg.scheduler) == {"name": "poly", "power": 0.9, "interval": "epoch"}
-            if name == "table6_3d":  # 3D: 1500 epochs, batch 6, 96^3 patches at 1 mm
-                assert (cfg.trainer.max_epochs, cfg.data.batch_size, list(cfg.data.patch_size)) == (1500, 6, [96] * 3)
+            if name == "table6_3d":  # 3D: 1500 epochs, batch 6, whole 256 x 256 x 128 volumes
+                assert (cfg.trainer.max_epochs, cfg.data.batch_size, list(cfg.data.patch_size)) == \
+                    (1500, 6, [128, 256, 256])
             else:
                 assert (cfg.trainer.max_epochs, cfg.data.batch_size, cfg.data.img_size) == (150, 24, 224)
                 assert cfg.hydra.runtime.choices.model == "unet" and cfg.model.width == 32 and cfg.model.depth == 5
             jobs = sweep_jobs(cfg)
             assert len(jobs) == num_jobs and [j.split("=")[0] for j in jobs[0]] == keys, name
+            jobs = [tuple(o for o in j if not o.startswith("data=")) for j in jobs]  # the phantom replaces data
             # every job (of the first seed: seeds change nothing else) composes on the phantom; one job per
             # model builds (network + data module; no data is read)
             phantom = "data=phantom3d" if name == "table6_3d" else "data=phantom"
-            for job in [j for j in jobs if j[-1] == "seed=1"]:
+            for job in dict.fromkeys(j for j in jobs if j[-1] == "seed=1"):
                 job_cfg = compose("train", overrides=[f"experiment={name}", phantom, f"paths.data_dir={tmp_path}",
                                                       f"paths.output_dir={tmp_path}",
                                                       "debug=smoke", *job])
@@ -95,10 +97,10 @@ def test_every_experiment_has_the_papers_settings_and_composes_every_job_on_the_
                     built.add(model)
                     build(job_cfg)
     assert built == {"segbench.models.UNet", "segbench.models.UNetPlusPlus", "segbench.models.TransUNet",
-                     "segbench.models.AttentionUNet", "segbench.models.UNETR", "segbench.models.UNet3D"}
+                     "segbench.models.AttentionUNet", "segbench.models.UNETR", "segbench.models.UNETRPP"}
 
 
-def test_fig3_leaves_out_gamma_zero_and_fig4_focuses_4_to_0_organs():
+def test_fig3_sweeps_gamma_from_zero_and_fig4_focuses_4_to_0_organs():
     from hydra import compose, initialize_config_dir
 
     from segbench.config import CONFIG_DIR
@@ -109,8 +111,8 @@ def test_fig3_leaves_out_gamma_zero_and_fig4_focuses_4_to_0_organs():
                 for name in ("fig3_gamma", "fig4_focused")}
     gammas = [job["loss.gamma"] for job in jobs["fig3_gamma"]]
     focused = [job["loss.focused_classes"] for job in jobs["fig4_focused"]]
-    # afw_dice needs gamma > 0 (L^0 = 1 has no gradient): the sweep starts at 0.25
-    assert sorted(set(map(float, gammas))) == [0.25, 0.5, 0.75, 1.0]
+    # gamma = 0 runs (the focused terms are constants: CE + the background's Dice, test_losses.py)
+    assert sorted(set(map(float, gammas))) == [0.0, 0.25, 0.5, 0.75, 1.0]
     sets = [yaml.safe_load(f) for f in dict.fromkeys(focused)]
     assert [len(s) for s in sets] == [4, 3, 2, 1, 0]
     assert sets[0] == ["liver", "spleen", "kidney_r", "kidney_l"]
