@@ -100,7 +100,6 @@ def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path) -> 
     datamodule, module = build(cfg)
     if compiled:
         module.net.compile(backend=args.compile_backend)  # as compile=true does (in place), backend chosen here
-    device = torch.device(args.device)
     marks: dict[str, float] = {}
     state: dict = {"count": 0, "prof": None}
 

@@ -162,14 +162,12 @@ class CheckOutputDir(_HydraCallback):
             folder = Path(str(OmegaConf.select(config, key)))
         except Exception:  # noqa: BLE001 - an interpolation only the job can resolve: Hydra reports it
             return
-        probe = folder / f".write-test-{os.getpid()}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe.write_text("")
-            probe.unlink()
-        except OSError as exc:
+        from .data.cache import writable
+
+        reason = writable(folder)
+        if reason is not None:
             what = f"segbench-{OmegaConf.select(config, 'task_name', default='train')}"
-            print(f"{what}: error: output directory {folder} is not writable ({exc.strerror or exc}); pass "
+            print(f"{what}: error: output directory {folder} is not writable ({reason}); pass "
                   "hydra.run.dir=<a writable folder> or set SEGBENCH_OUTPUT_DIR", file=sys.stderr)
             sys.exit(1)
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
@@ -102,14 +101,12 @@ def check_schedule(cfg: DictConfig) -> None:
 
 def check_writable(output_dir: Path) -> None:
     """One line for a run directory that cannot be written (read-only disk, a file in the way)."""
-    probe = Path(output_dir) / f".write-test-{os.getpid()}"
-    try:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"output directory {output_dir} is not writable ({exc.strerror or exc}); pass "
-                          "hydra.run.dir=<a writable folder> or set SEGBENCH_OUTPUT_DIR") from None
+    from .data.cache import writable
+
+    reason = writable(output_dir)
+    if reason is not None:
+        raise ConfigError(f"output directory {output_dir} is not writable ({reason}); pass "
+                          "hydra.run.dir=<a writable folder> or set SEGBENCH_OUTPUT_DIR")
 
 
 def _missing_keys(node: Any, prefix: str = "") -> list[str]:
