@@ -116,7 +116,7 @@ CASES = [
     ("label out of range", "train",
      lambda t, p, s: ["debug=smoke", "data=nifti_folder", "data.num_classes=2", "data.class_names=[bg,a]",
                       f"data.root={blobs(t / 'ds')}"],
-     r"label0001\.nii\.gz holds label id\(s\) \[2\] outside 0\.\.1; set data\.label_map"),
+     r"label0001\.nii\.gz holds label id\(s\) \[2\] outside 0\.\.1; map the dataset\'s ids to classes with data\.source\.label_map"),
     ("missing data directory", "train",
      lambda t, p, s: ["debug=smoke", "data=nifti_folder", f"data.root={t}/nowhere"],
      r"data directory .*/nowhere/img not found; set data\.root="),

@@ -104,7 +104,7 @@ def test_a_failed_eval_removes_its_empty_run_folder(tmp_path):
 def test_smoke_gives_every_model_its_smallest_valid_width(name):
     from segbench.train import build
 
-    data = ["data=phantom3d"] if name == "unet3d" else []
+    data = ["data=phantom3d"] if name in ("unet3d", "unetr_pp") else []  # the 3D-only models
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"model={name}", "debug=smoke", *data])
     # U-Nets take any width: smoke's 4; GroupNorm (8 groups) needs a multiple of 8, Swin UNETR of 12
