@@ -84,8 +84,17 @@ def slurm_gpus(accelerator, devices) -> int | None:
     return None if str(accelerator) == "cpu" else device_count(devices)
 
 
+def slurm_cpus(num_workers, accelerator) -> int:
+    """CPUs per Slurm task: the training process plus one per loader worker. ``data.num_workers: auto``
+    (:mod:`segbench.data.loader`) uses no worker on a CPU trainer and up to 7 beside a GPU, so it asks
+    for 1 and 8 CPUs."""
+    if str(num_workers).strip() == "auto":
+        return 1 if str(accelerator) == "cpu" else 8
+    return int(num_workers) + 1
+
+
 for _name, _resolver in {"segbench_devices": device_count, "segbench_slurm_gpus": slurm_gpus,
-                         "segbench_plus": lambda a, b: int(a) + int(b)}.items():
+                         "segbench_slurm_cpus": slurm_cpus}.items():
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _resolver)
 

@@ -106,6 +106,8 @@ def test_launcher_defaults_follow_the_trainer():
     gpu = launcher_config("trainer=gpu", "trainer.devices=4", "data.num_workers=3")
     # one task per GPU; each task: the training process + 3 loader workers
     assert (gpu["gpus_per_node"], gpu["tasks_per_node"], gpu["cpus_per_task"]) == (4, 4, 4)
+    # data.num_workers=auto (the default): no worker on a CPU trainer, up to 7 beside a GPU
+    assert launcher_config("trainer=gpu")["cpus_per_task"] == 8
     ddp_cpu = launcher_config("trainer=ddp_cpu")
     assert (ddp_cpu["gpus_per_node"], ddp_cpu["tasks_per_node"]) == (None, 2)
     assert launcher_config("trainer.devices=[0,1]")["tasks_per_node"] == 2
