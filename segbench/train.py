@@ -83,6 +83,15 @@ def build_trainer(cfg: DictConfig, output_dir: Path):
                        default_root_dir=str(output_dir), plugins=[safe_checkpoint_io()], **progress)
 
 
+def test_checkpoint(cfg) -> str | None:
+    """What ``trainer.test`` scores: ``"best"`` (the best ``val/dice`` checkpoint) or ``None`` (the weights
+    in memory after ``fit``: the final epoch) for ``test.checkpoint=last``."""
+    choice = cfg.test.get("checkpoint", "best")
+    if choice not in ("best", "last"):
+        raise ConfigError(f"test.checkpoint={choice!r} is unknown; choose best or last")
+    return "best" if choice == "best" else None
+
+
 def check_schedule(cfg: DictConfig) -> None:
     """``trainer.max_epochs`` the schedule can work with: -1 (no end) has no last step for poly decay."""
     max_epochs = cfg.trainer.get("max_epochs")
@@ -158,6 +167,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     if root_hint is not None:
         raise ConfigError(f"data.root not set for data={cfg.data.name}: pass {root_hint}")
     check_schedule(cfg)
+    ckpt = test_checkpoint(cfg)  # checked here, used after fit
     check_writable(output_dir)
     finished = rundir.finished_summary(output_dir, cfg)
     if finished is not None:
@@ -191,7 +201,6 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
 
     from .checkpoint import weights_only_kwargs
 
-    ckpt = "best"
     with one_run_directory(output_dir):
         if cfg.trainer.max_epochs == 0:
             ckpt = None  # "no training": evaluate the initial weights
@@ -212,7 +221,9 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
                 "device": device_description(), "wall_time_s": round(time.time() - start, 1),
                 "world_size": trainer.world_size, "resumed_from": str(resume_from) if resume_from else None,
                 "best_val_dice": float(best_val) if best_val is not None else None,
-                "checkpoint": ckpt and getattr(trainer.checkpoint_callback, "best_model_path", None)},
+                "checkpoint": ckpt and getattr(trainer.checkpoint_callback, "best_model_path", None),
+                "tested": "best validation epoch" if ckpt else
+                ("initial weights" if cfg.trainer.max_epochs == 0 else "last epoch")},
         "splits": datamodule.splits,
     }
     if not main_rank:
