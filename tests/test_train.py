@@ -74,6 +74,25 @@ def test_eval_rescores_a_checkpoint_under_another_convention(smoke_run, phantom_
     assert {r["convention"] for r in rows} == {"transunet"} and len(rows) == 8
 
 
+def test_test_checkpoint_last_scores_the_final_epoch(phantom_dir, tmp_path):
+    """test.checkpoint=last (Table 1's protocol) scores the weights of the last epoch, not the best validation
+    epoch's: the run's per-case DSC equals a re-evaluation of checkpoints/last.ckpt, row for row."""
+    run, again = tmp_path / "run", tmp_path / "eval"
+    proc = cli("segbench.train", "debug=smoke", "trainer.max_epochs=2", "test.checkpoint=last", "num_threads=1",
+               f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run / "results" / "summary.json").read_text())
+    assert summary["run"]["tested"] == "last epoch" and summary["run"]["checkpoint"] is None
+    proc = cli("segbench.eval", f"ckpt_path={run}/checkpoints/last.ckpt", f"paths.data_dir={phantom_dir}",
+               f"hydra.run.dir={again}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def dsc(path):
+        return {(r["case"], r["organ"], r["convention"]): r["dsc"] for r in read_rows(path / "results" / "per_case.csv")}
+
+    assert dsc(run) == dsc(again)
+
+
 def test_unknown_loss_option_is_one_line(phantom_dir, tmp_path):
     proc = cli("segbench.train", "debug=smoke", "loss=ce", "+loss.gamma=2", f"paths.data_dir={phantom_dir}",
                f"hydra.run.dir={tmp_path}/run")
