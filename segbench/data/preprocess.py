@@ -72,9 +72,11 @@ def resample_volume(vol: Volume, target_spacing: Sequence[float | None] | None) 
     The new size along an axis is ``round(n * spacing / target)``; the spacing actually reached is
     ``spacing * n / new_n`` (exact up to that rounding), and the affine is updated so the resampled
     volume covers the same physical extent (predictions written with it overlay the input).
+    A case whose spacing is unknown (``vol.spacing_known`` False: TransUNet's npz/h5 files) has no mm
+    to resample to and is returned as it is.
     """
     target = check_target_spacing(target_spacing)
-    if target is None:
+    if target is None or not vol.spacing_known:
         return vol
     from scipy.ndimage import zoom
 
@@ -96,4 +98,4 @@ def resample_volume(vol: Volume, target_spacing: Sequence[float | None] | None) 
     spacing = tuple(float(s * n / m) for s, n, m in zip(vol.spacing, shape, new_shape))
     return Volume(vol.case_id, np.ascontiguousarray(image, dtype=np.float32),
                   None if label is None else np.ascontiguousarray(label, dtype=np.uint8),
-                  spacing, affine, vol.normalized)
+                  spacing, affine, vol.normalized, vol.spacing_known)

@@ -22,7 +22,7 @@ from segbench.metrics.conventions import (
     describe,
     hd_unit,
 )
-from segbench.metrics.evaluate import evaluate_case
+from segbench.metrics.evaluate import evaluate_case, evaluate_case_conventions
 
 __all__ = [
     "CONVENTIONS",
@@ -31,5 +31,6 @@ __all__ = [
     "case_status",
     "describe",
     "evaluate_case",
+    "evaluate_case_conventions",
     "hd_unit",
 ]
