@@ -85,6 +85,10 @@ class SegModule(pl.LightningModule):
         metrics = dict(metrics or {})
         self.evaluator = CaseEvaluator(self.class_names, metrics.get("convention", "default"),
                                        metrics.get("nsd_tolerance_mm", 2.0))
+        report_convention = metrics.get("report_convention")
+        if report_convention is not None and report_convention not in self.evaluator.conventions:
+            raise ConfigError(f"metrics.report_convention={report_convention!r} is not scored by this run; choose "
+                              f"one of {', '.join(self.evaluator.conventions)} (or null: metrics.convention)")
         self.slice_batch = int((test or {}).get("slice_batch", 32))
         self.num_overlays = num_overlays
         # channels-last speeds up 2D convolutions (oneDNN / cuDNN NHWC); 3D networks keep their layout
