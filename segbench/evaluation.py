@@ -134,7 +134,8 @@ class CaseEvaluator:
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         writer.writeheader()
         order = {c: i for i, c in enumerate(self.conventions)}
-        for row in sorted(self.rows, key=lambda r: (r["case"], r["label"], order.get(r["convention"], len(order)))):
+        # per case, each convention's block of organs: the run's own convention first
+        for row in sorted(self.rows, key=lambda r: (r["case"], order.get(r["convention"], len(order)), r["label"])):
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         summary = self.summary()
         if extra:
