@@ -137,6 +137,8 @@ CASES = [
     ("corrupt ckpt_path to train", "train",
      lambda t, p, s: ["debug=smoke", f"ckpt_path={run_with_checkpoint(s, t, b'garbage' * 10)}/checkpoints/last.ckpt"],
      r"checkpoint .*/last\.ckpt is corrupt or truncated \(.*\); delete it or point ckpt_path at another checkpoint"),
+    ("report convention not scored", "train", lambda t, p, s: ["debug=smoke", "metrics.report_convention=medpy"],
+     r"metrics\.report_convention='medpy' is not scored by this run; choose one of default, transunet"),
     ("unknown optimized_metric", "train", lambda t, p, s: ["debug=smoke", "optimized_metric=speed"],
      r"optimized_metric='speed' is unknown; choose one of mean_dsc, val/dice"),
     ("corrupt checkpoint", "eval",
