@@ -230,13 +230,15 @@ def test_transunet_files_without_spacing_are_scored_in_voxels_and_say_so(transun
     """Units are never mislabelled: a case from TransUNet's npz/h5 files has no known spacing, so every
     convention's HD is in voxels, in the per-case rows, the summary and the console table; a spacing
     declared in the config (data.source.default_spacing) or read from NIfTI is mm."""
-    from segbench.data.preprocess import resample_volume
+    from segbench.data.preprocess import resample_volume, resize_volume
     from segbench.evaluation import CaseEvaluator, format_table
 
     refs = {r.case_id: r for r in SynapseSource(transunet_root).cases()}
     vol = SynapseSource(transunet_root).load(refs["0001"])
     assert not vol.spacing_known
     assert resample_volume(vol, (None, 0.5, 0.5)) is vol  # no mm to resample to: the grid is kept
+    resized = resize_volume(vol, (4, 8, 8))  # a shape in voxels needs no mm (Table 6's target_shape)
+    assert resized.image.shape == (4, 8, 8) and not resized.spacing_known
     declared = SynapseSource(transunet_root, default_spacing=(2.0, 0.5, 0.5)).load(refs["0001"])
     assert declared.spacing_known and declared.spacing == (2.0, 0.5, 0.5)
     raw = SynapseSource(btcv_root)

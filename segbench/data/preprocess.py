@@ -61,7 +61,7 @@ def resize_volume(vol: Volume, target_shape: Sequence[int] | None) -> Volume:
     if shape is None or tuple(vol.image.shape) == shape:
         return vol
     spacing = [s * n / m for s, n, m in zip(vol.spacing, vol.image.shape, shape)]
-    out = resample_volume(vol, spacing)
+    out = _resample(vol, spacing)  # a shape in voxels: also for a stand-in spacing (Volume.spacing_known False)
     assert tuple(out.image.shape) == shape, (out.image.shape, shape)
     return out
 
@@ -78,6 +78,11 @@ def resample_volume(vol: Volume, target_spacing: Sequence[float | None] | None) 
     target = check_target_spacing(target_spacing)
     if target is None or not vol.spacing_known:
         return vol
+    return _resample(vol, target)
+
+
+def _resample(vol: Volume, target: Sequence[float | None]) -> Volume:
+    """:func:`resample_volume` without its checks (``target`` checked, the spacing taken as it is)."""
     from scipy.ndimage import zoom
 
     shape = vol.image.shape
