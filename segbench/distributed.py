@@ -73,7 +73,7 @@ def one_run_directory(output_dir: Path) -> Iterator[None]:
 
 
 def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every rank's per-case rows, one per (case, organ) (the sampler's padding repeats cases)."""
+    """Every rank's per-case rows, one per (case, organ, convention) (the sampler's padding repeats cases)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return rows
     parts: list[list[dict[str, Any]] | None] = [None] * torch.distributed.get_world_size()
@@ -81,5 +81,5 @@ def gather_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     unique: dict[tuple, dict[str, Any]] = {}
     for part in parts:
         for row in part or []:
-            unique.setdefault((row["case"], row["label"]), row)
+            unique.setdefault((row["case"], row["label"], row.get("convention")), row)
     return list(unique.values())

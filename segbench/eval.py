@@ -44,7 +44,8 @@ def training_config(cfg: DictConfig) -> DictConfig:
     if not isinstance(train_cfg, DictConfig):
         raise ConfigError(f"training config {path} is not a mapping; pass train_config=<run>/.hydra/config.yaml")
     with open_dict(train_cfg):
-        train_cfg.metrics = cfg.metrics
+        # this evaluation's metrics options on top of the run's (which keep e.g. metrics.report_convention)
+        train_cfg.metrics = OmegaConf.merge(train_cfg.get("metrics") or {}, cfg.metrics)
         train_cfg.test = cfg.test
         train_cfg.data = OmegaConf.merge(train_cfg.data, cfg.data) if "data" in train_cfg else cfg.data
         # paths are re-resolved for this machine / this evaluation's run directory

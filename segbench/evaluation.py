@@ -2,14 +2,28 @@
 
 After testing, a run directory holds::
 
-    results/per_case.csv   one row per case x organ: case, organ, label, dsc, hd95, hd, assd, nsd,
-                           gt_voxels, pred_voxels, status, convention
-    results/summary.json   {"convention", "hd_unit", "mean_dsc", "mean_hd95",
+    results/per_case.csv   one row per case x organ x convention: case, organ, label, dsc, hd95, hd, assd,
+                           nsd, gt_voxels, pred_voxels, status, convention, hd_unit
+    results/summary.json   {"convention", "convention_description", "hd_unit", "mean_dsc", "mean_hd95",
                             "per_class": {organ: {"dsc", "hd95", ..., "n_cases", "n_excluded", "n_worst_case"}},
-                            "num_cases", "config": {...}, ...}
+                            "num_cases", "conventions": [...],
+                            "by_convention": {name: {"convention", "convention_description", "hd_unit",
+                                                     "mean_dsc", "mean_hd95", "per_class", "num_cases"}},
+                            "config": {...}, ...}
 
-DSC is a fraction in [0, 1]; HD95 is in mm under the ``default`` convention
-(``hd_unit`` says which). Means are taken over cases per organ (cases where the
+Every test pass scores each case under BOTH :data:`SCORED_CONVENTIONS` (``default``: mm, MONAI's
+per-direction HD95; ``transunet``: the Synapse literature's medpy HD95 in voxels with TransUNet's
+empty-mask shortcuts) and, when it is a third one, the run's ``metrics.convention`` (e.g. ``medpy``).
+The top-level keys of ``summary.json`` are those of the run's own convention (``metrics.convention``,
+the *primary* one: what ``optimized_metric``, sweeps and the console read); ``by_convention`` holds
+each convention's summary, and ``per_case.csv`` labels each row with its ``convention`` and
+``hd_unit``. A reader of ``per_case.csv`` must select one convention's rows
+(:func:`segbench.report.runs.read_per_case` does).
+
+DSC is a fraction in [0, 1]. HD95 is in mm under ``default`` and ``medpy`` when the data state their
+voxel spacing, and in voxels otherwise: always under ``transunet``, and under every convention for
+data that carry no spacing (TransUNet's npz/h5 Synapse files, ``Volume.spacing_known``); ``hd_unit``
+says which, in every row and summary. Means are taken over cases per organ (cases where the
 metric is NaN, i.e. organ absent from both masks, are excluded and counted), then
 over organs. Files are written atomically: a crash never leaves a half-written
 file that a later run (or ``segbench-table``) would trust.
@@ -28,7 +42,23 @@ from typing import Any, Sequence
 import numpy as np
 
 METRIC_KEYS = ("dsc", "hd95", "hd", "assd", "nsd")
-CSV_FIELDS = ("case", "organ", "label", *METRIC_KEYS, "gt_voxels", "pred_voxels", "status", "convention")
+CSV_FIELDS = ("case", "organ", "label", *METRIC_KEYS, "gt_voxels", "pred_voxels", "status", "convention",
+              "hd_unit")
+#: the conventions every test pass scores, whatever ``metrics.convention`` is
+SCORED_CONVENTIONS = ("default", "transunet")
+
+
+def scored_conventions(primary: str) -> list[str]:
+    """The conventions a run scores: its own (``metrics.convention``) first, then :data:`SCORED_CONVENTIONS`."""
+    return list(dict.fromkeys([primary, *SCORED_CONVENTIONS]))
+
+
+def case_hd_unit(convention: str, spacing_known: bool = True) -> str:
+    """Unit of HD/HD95/ASSD of one case: ``mm`` only where the convention applies the spacing AND the
+    data state it; a stand-in spacing (``Volume.spacing_known`` False) measures voxels."""
+    from .metrics import hd_unit
+
+    return hd_unit(convention) if spacing_known else "voxels"
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -48,7 +78,9 @@ class CaseEvaluator:
 
     Args:
         class_names: names indexed by class id; class 0 (background) is not scored.
-        convention: a metric convention of :mod:`segbench.metrics` (``default``, ``transunet``, ...).
+        convention: the run's own metric convention (``metrics.convention``) of :mod:`segbench.metrics`:
+            the top-level numbers of the summary. Every case is also scored under
+            :data:`SCORED_CONVENTIONS` (:func:`scored_conventions`).
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
     """
 
@@ -62,27 +94,38 @@ class CaseEvaluator:
         self.class_names = list(class_names)
         self.labels = list(range(1, len(self.class_names)))
         self.convention = convention
+        self.conventions = scored_conventions(convention)
         self.nsd_tolerance_mm = float(nsd_tolerance_mm)
         self.rows: list[dict[str, Any]] = []
 
-    def add_case(self, case_id: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> list[dict]:
-        """Score one case (integer label maps of equal shape); returns and stores its rows."""
-        from .metrics import evaluate_case
+    def add_case(self, case_id: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
+                 spacing_known: bool = True) -> list[dict]:
+        """Score one case (integer label maps of equal shape) under every convention; returns and stores its
+        rows (one per organ and convention). ``spacing_known=False``: ``spacing`` is a stand-in (the data carry
+        none), so every distance is labelled ``voxels``."""
+        from .metrics import evaluate_case_conventions
 
-        scores = evaluate_case(pred, gt, spacing, self.labels, convention=self.convention,
-                               nsd_tolerance_mm=self.nsd_tolerance_mm, with_status=True)
+        scores = evaluate_case_conventions(pred, gt, spacing, self.labels, self.conventions,
+                                           nsd_tolerance_mm=self.nsd_tolerance_mm, with_status=True)
         rows = []
-        for label in self.labels:
-            row = {"case": case_id, "organ": self.class_names[label], "label": label}
-            row.update({k: float(scores[label][k]) for k in METRIC_KEYS})
-            row.update(gt_voxels=int(scores[label]["gt_voxels"]), pred_voxels=int(scores[label]["pred_voxels"]),
-                       status=scores[label]["status"], convention=self.convention)
-            rows.append(row)
+        for convention in self.conventions:
+            unit = case_hd_unit(convention, bool(spacing_known))
+            for label in self.labels:
+                score = scores[convention][label]
+                row = {"case": case_id, "organ": self.class_names[label], "label": label}
+                row.update({k: float(score[k]) for k in METRIC_KEYS})
+                row.update(gt_voxels=int(score["gt_voxels"]), pred_voxels=int(score["pred_voxels"]),
+                           status=score["status"], convention=convention, hd_unit=unit)
+                rows.append(row)
         self.rows.extend(rows)
         return rows
 
     def summary(self) -> dict[str, Any]:
-        return summarize(self.rows, [self.class_names[i] for i in self.labels], self.convention)
+        """The primary convention's summary at the top level, every convention's in ``by_convention``."""
+        organs = [self.class_names[i] for i in self.labels]
+        by_convention = {c: summarize(self.rows, organs, c) for c in self.conventions}
+        return {**by_convention[self.convention], "conventions": list(self.conventions),
+                "by_convention": by_convention}
 
     def write(self, results_dir: Path, config: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
         """Write ``per_case.csv`` and ``summary.json`` into ``results_dir``; return the summary."""
@@ -90,7 +133,9 @@ class CaseEvaluator:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         writer.writeheader()
-        for row in sorted(self.rows, key=lambda r: (r["case"], r["label"])):
+        order = {c: i for i, c in enumerate(self.conventions)}
+        # per case, each convention's block of organs: the run's own convention first
+        for row in sorted(self.rows, key=lambda r: (r["case"], order.get(r["convention"], len(order)), r["label"])):
             writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
         summary = self.summary()
         if extra:
@@ -107,9 +152,11 @@ def _nanmean(values: list[float]) -> float:
 
 
 def summarize(rows: list[dict], organs: Sequence[str], convention: str) -> dict[str, Any]:
-    """Mean over cases per organ (NaN excluded), then over organs."""
+    """Mean over cases per organ (NaN excluded), then over organs, of the rows of ``convention``
+    (rows without a ``convention`` field count as that convention's)."""
     from .metrics import describe, hd_unit
 
+    rows = [r for r in rows if r.get("convention", convention) == convention]
     per_class = {}
     for organ in organs:
         mine = [r for r in rows if r["organ"] == organ]
@@ -119,10 +166,16 @@ def summarize(rows: list[dict], organs: Sequence[str], convention: str) -> dict[
         entry["n_worst_case"] = sum(1 for r in mine if r["status"] in ("gt_empty", "pred_empty")
                                     and not math.isnan(float(r["dsc"])))
         per_class[organ] = entry
+    units = sorted({str(r.get("hd_unit") or hd_unit(convention)) for r in rows}) or [hd_unit(convention)]
+    unit = units[0] if len(units) == 1 else " and ".join(units) + " (mixed: some cases carry no spacing)"
+    description = describe(convention)
+    if unit != hd_unit(convention):
+        description += (f"; on these data HD, HD95 and ASSD are in {unit}: the files carry no voxel spacing, "
+                        "so distances count voxels (and the NSD tolerance is in voxels)")
     return {
         "convention": convention,
-        "convention_description": describe(convention),
-        "hd_unit": hd_unit(convention),
+        "convention_description": description,
+        "hd_unit": unit,
         "mean_dsc": _nanmean([per_class[o]["dsc"] for o in organs]),
         "mean_hd95": _nanmean([per_class[o]["hd95"] for o in organs]),
         "num_cases": len({r["case"] for r in rows}),
@@ -141,7 +194,8 @@ def _json_safe(obj: Any) -> Any:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """A per-organ plain-text table (DSC %, HD95 in the convention's unit)."""
+    """A per-organ plain-text table of the primary convention (DSC %, HD95 in its unit), then one line
+    per other convention scored (``by_convention``)."""
     unit = summary.get("hd_unit", "mm")
     lines = [f"convention: {summary['convention']} (HD95 in {unit})",
              f"{'organ':<14}{'DSC %':>8}{'HD95 ' + unit:>14}{'cases':>7}{'excl.':>7}{'worst':>7}"]
@@ -152,6 +206,10 @@ def format_table(summary: dict[str, Any]) -> str:
                      f"{m['n_worst_case']:>7}")
     lines.append(f"{'mean':<14}{_fmt(summary['mean_dsc'], 100):>8}{_fmt(summary['mean_hd95'], 1):>14}"
                  f"{summary['num_cases']:>7}")
+    for name, other in (summary.get("by_convention") or {}).items():
+        if name != summary["convention"]:
+            lines.append(f"also scored, convention {name}: mean DSC {_fmt(other['mean_dsc'], 100)} %, "
+                         f"mean HD95 {_fmt(other['mean_hd95'], 1)} {other['hd_unit']}")
     return "\n".join(lines)
 
 

@@ -54,7 +54,9 @@ class SegModule(pl.LightningModule):
         optimizer: partial optimiser constructor taking ``params``.
         scheduler: ``{"name": "poly" | "none", "power": 0.9, "interval": "step" | "epoch"}``.
         class_names: names by class id, background first.
-        metrics: ``{"convention": "default", "nsd_tolerance_mm": 2.0}`` for the test evaluation.
+        metrics: ``{"convention": "default", "nsd_tolerance_mm": 2.0}`` for the test evaluation (the run's
+            own convention; every case is also scored under ``default`` and ``transunet``,
+            :data:`segbench.evaluation.SCORED_CONVENTIONS`).
         test: ``{"slice_batch": 32}``: how many slices are predicted at once.
         num_overlays: image / label / prediction overlays logged per validation epoch.
         inference: sliding-window options for whole 3D cases (``roi_size``, ``overlap``, ``mode``, ...).
@@ -83,6 +85,10 @@ class SegModule(pl.LightningModule):
         metrics = dict(metrics or {})
         self.evaluator = CaseEvaluator(self.class_names, metrics.get("convention", "default"),
                                        metrics.get("nsd_tolerance_mm", 2.0))
+        report_convention = metrics.get("report_convention")
+        if report_convention is not None and report_convention not in self.evaluator.conventions:
+            raise ConfigError(f"metrics.report_convention={report_convention!r} is not scored by this run; choose "
+                              f"one of {', '.join(self.evaluator.conventions)} (or null: metrics.convention)")
         self.slice_batch = int((test or {}).get("slice_batch", 32))
         self.num_overlays = num_overlays
         # channels-last speeds up 2D convolutions (oneDNN / cuDNN NHWC); 3D networks keep their layout
@@ -244,7 +250,8 @@ class SegModule(pl.LightningModule):
             pred = self.predict_case_3d(batch["image"], batch["native_shape"])
         else:
             pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
-        self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"])
+        self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"],
+                                spacing_known=bool(batch.get("spacing_known", True)))
         if self.prediction_dir is not None:
             write_prediction(self.prediction_dir, batch["case_id"], pred, batch["affine"])
 

@@ -139,6 +139,8 @@ CASES = [
      r"checkpoint .*/last\.ckpt is corrupt or truncated \(.*\); delete it or point ckpt_path at another checkpoint"),
     ("unknown test checkpoint", "train", lambda t, p, s: ["debug=smoke", "test.checkpoint=final"],
      r"test\.checkpoint='final' is unknown; choose best or last"),
+    ("report convention not scored", "train", lambda t, p, s: ["debug=smoke", "metrics.report_convention=medpy"],
+     r"metrics\.report_convention='medpy' is not scored by this run; choose one of default, transunet"),
     ("unknown optimized_metric", "train", lambda t, p, s: ["debug=smoke", "optimized_metric=speed"],
      r"optimized_metric='speed' is unknown; choose one of mean_dsc, val/dice"),
     ("corrupt checkpoint", "eval",

@@ -8,6 +8,7 @@ it was, in the right array axis (Z, Y, X), with spacing (sz, sy, sx).
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import runpy
@@ -218,10 +219,45 @@ def test_transunet_layout_reads_npz_slices_and_h5_volumes(transunet_root):
     for case, n in (("0005", 5), ("0001", 1)):      # train case from slices, test case from its h5 volume
         vol = src.load(refs[case])
         image, label = organ_volume(shift=n)
-        assert vol.normalized and vol.spacing == (1.0, 1.0, 1.0)   # TransUNet files carry no spacing
+        assert vol.normalized and vol.spacing == (1.0, 1.0, 1.0)   # TransUNet files carry no spacing:
+        assert not vol.spacing_known                                # a stand-in, distances in voxels
         np.testing.assert_array_equal(vol.label, label)
         np.testing.assert_allclose(vol.image, window_hu(image, (-125, 275)))
         assert box_of(vol.label, 2) == (2, 6, 20 + n, 30 + n, 6, 14)
+
+
+def test_transunet_files_without_spacing_are_scored_in_voxels_and_say_so(transunet_root, btcv_root, tmp_path):
+    """Units are never mislabelled: a case from TransUNet's npz/h5 files has no known spacing, so every
+    convention's HD is in voxels, in the per-case rows, the summary and the console table; a spacing
+    declared in the config (data.source.default_spacing) or read from NIfTI is mm."""
+    from segbench.data.preprocess import resample_volume, resize_volume
+    from segbench.evaluation import CaseEvaluator, format_table
+
+    refs = {r.case_id: r for r in SynapseSource(transunet_root).cases()}
+    vol = SynapseSource(transunet_root).load(refs["0001"])
+    assert not vol.spacing_known
+    assert resample_volume(vol, (None, 0.5, 0.5)) is vol  # no mm to resample to: the grid is kept
+    resized = resize_volume(vol, (4, 8, 8))  # a shape in voxels needs no mm (Table 6's target_shape)
+    assert resized.image.shape == (4, 8, 8) and not resized.spacing_known
+    declared = SynapseSource(transunet_root, default_spacing=(2.0, 0.5, 0.5)).load(refs["0001"])
+    assert declared.spacing_known and declared.spacing == (2.0, 0.5, 0.5)
+    raw = SynapseSource(btcv_root)
+    assert raw.load(raw.cases()[0]).spacing_known
+
+    pred = vol.label.copy()
+    pred[pred == 2] = 0  # one organ missed: a finite HD for the others, worst case for it
+    evaluator = CaseEvaluator(["background", "a", "b", "c", "d"], "default")
+    rows = evaluator.add_case("0001", pred, vol.label, vol.spacing, spacing_known=vol.spacing_known)
+    assert {(r["convention"], r["hd_unit"]) for r in rows} == {("default", "voxels"), ("transunet", "voxels")}
+    summary = evaluator.summary()
+    assert summary["hd_unit"] == "voxels" and summary["by_convention"]["transunet"]["hd_unit"] == "voxels"
+    assert "voxels" in summary["convention_description"]
+    table = format_table(summary)
+    assert "HD95 voxels" in table and "mm" not in table, table
+    # the same case with its spacing known: default in mm, transunet still in voxels
+    known = CaseEvaluator(["background", "a", "b", "c", "d"], "default")
+    known.add_case("0001", pred, vol.label, (2.0, 0.5, 0.5))
+    assert known.summary()["hd_unit"] == "mm" and known.summary()["by_convention"]["transunet"]["hd_unit"] == "voxels"
 
 
 def test_prepare_synapse_writes_the_transunet_layout(btcv_root, tmp_path):
@@ -456,6 +492,12 @@ def test_short_training_run_from_each_dataset(name, root_fixture, extra, request
     summary = run_in_process(tmp_path, f"data={name}", f"data.root={root}", *extra)
     results = tmp_path / "run" / "results"
     assert (results / "per_case.csv").is_file() and (results / "summary.json").is_file()
+    # TransUNet's npz/h5 carry no spacing: every HD of the run is in voxels, whatever the convention
+    units = {c: s["hd_unit"] for c, s in summary["by_convention"].items()}
+    assert units == ({"default": "voxels", "transunet": "voxels"} if root_fixture == "transunet_root"
+                     else {"default": "mm", "transunet": "voxels"})
+    with open(results / "per_case.csv") as fh:
+        assert {(r["convention"], r["hd_unit"]) for r in csv.DictReader(fh)} == set(units.items())
     splits = json.loads((tmp_path / "run" / "splits.json").read_text())
     if name == "abdomenct1k":   # the paper's subset protocol, shrunk: 5 drawn cases split 6:1:3 -> 3 / 1 / 1
         assert [len(splits[p]) for p in ("train", "val", "test")] == [3, 1, 1]

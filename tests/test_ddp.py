@@ -39,7 +39,8 @@ def test_ddp_job_in_a_sweep_writes_one_directory_and_the_single_process_results(
     assert summary["run"]["world_size"] == 2 and summary["config"]["trainer"]["devices"] == 2
     assert json.loads((job / "run.json").read_text())["status"] == "done"
     ddp = pd.read_csv(job / "results" / "per_case.csv", dtype={"case": str})
-    assert len(ddp) == 3 * 8 and not ddp.duplicated(["case", "organ"]).any()  # each case once, padding dropped
+    # each case once per convention (default, transunet), padding dropped
+    assert len(ddp) == 3 * 8 * 2 and not ddp.duplicated(["case", "organ", "convention"]).any()
     assert sorted(set(ddp["case"])) == json.loads((job / "splits.json").read_text())["test"]
 
     # the same checkpoint scored by one process

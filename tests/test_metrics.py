@@ -440,3 +440,38 @@ def test_accepts_torch_float_and_bool_inputs():
     assert score(p.astype(np.float32), g.astype(np.float64)) == ref
     assert score(p.astype(bool), g.astype(bool)) == ref
     assert all(isinstance(v, float) for v in ref.values())
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_every_convention_at_once_equals_each_alone_and_shares_the_distances(backend, monkeypatch):
+    """``evaluate_case_conventions`` (what every test pass runs: default + transunet + medpy) gives each
+    convention's numbers bit for bit, and computes the surface distances once per voxel grid: twice for a
+    spacing that is not 1 (mm and voxels), once where it is (data without spacing: both measure voxels)."""
+    from segbench.metrics import evaluate_case_conventions
+    from segbench.metrics import _numpy_backend, _torch_backend
+
+    rng = np.random.default_rng(3)
+    g = random_blobs(rng, (20, 24, 22), 3, (2, 7)).astype(np.uint8) * 2
+    p = random_blobs(rng, (20, 24, 22), 3, (2, 7)).astype(np.uint8) * 2
+    g[2:5, 2:6, 2:6], p[3:6, 2:6, 3:7] = 1, 1  # label 1 present in both, label 2 blobs, label 3 in neither
+    labels = [1, 2, 3]
+    calls = []
+    module = _numpy_backend if backend == "numpy" else _torch_backend
+    name = "surface_distances" if backend == "numpy" else "_edt_distances"
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+    for spacing, grids in (((2.5, 0.8, 0.7), 2), ((1.0, 1.0, 1.0), 1)):
+        calls.clear()
+        together = evaluate_case_conventions(p, g, spacing, labels, ["default", "transunet", "medpy"],
+                                             backend=backend, with_status=True)
+        per_grid = len(calls)
+        for conv in ("default", "transunet", "medpy"):
+            alone = evaluate_case(p, g, spacing, labels, convention=conv, backend=backend, with_status=True)
+            for lab in labels:
+                assert together[conv][lab].keys() == alone[lab].keys()
+                for key, value in alone[lab].items():
+                    got = together[conv][lab][key]
+                    both_nan = isinstance(value, float) and math.isnan(value) and math.isnan(got)
+                    assert got == value or both_nan, (spacing, conv, lab, key, got, value)
+        # 2 labels with both masks non-empty; numpy: one call per label and grid, torch: two (P->G, G->P)
+        assert per_grid == grids * 2 * (1 if backend == "numpy" else 2), (spacing, per_grid)

@@ -221,17 +221,129 @@ def run_experiment(experiment: str, data_dir: Path, log_dir: Path) -> list[Path]
     return sorted((log_dir / experiment).glob("*/*/results/summary.json"))
 
 
+def report_command(experiment: str) -> list[str]:
+    """The report command written in the experiment config's header comment (``segbench-table ...`` or
+    ``segbench-figures ...``, with its ``\\`` continuation lines), split as a shell would."""
+    import shlex
+
+    lines = [ln[1:].strip() for ln in (EXPERIMENTS / f"{experiment}.yaml").read_text().splitlines()
+             if ln.startswith("#")]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(("segbench-table ", "segbench-figures ")))
+    text = ""
+    for line in lines[start:]:
+        text += " " + line.split("  #")[0].rstrip().rstrip("\\")
+        if not line.rstrip().endswith("\\"):
+            break
+    return shlex.split(text)
+
+
+def on_the_phantom(argv: list[str], sweep_dir: Path, out: Path) -> list[str]:
+    """The report command pointed at the lean phantom sweep: its run directory and output replaced, the
+    AbdomenCT-1K organ preset left out (the phantom has kidney_l / kidney_r, not kidney), as the
+    configs say for the phantom, and the baseline left out (the lean sweep runs one row; that the
+    baseline names a row of the full sweep is checked separately)."""
+    args = [str(sweep_dir) if a.startswith("outputs/") else a for a in argv[1:]]
+    if "--baseline" in args:
+        del args[args.index("--baseline"):args.index("--baseline") + 2]
+    if "--organs" in args and args[args.index("--organs") + 1] == "paper-table2":
+        del args[args.index("--organs"):args.index("--organs") + 2]
+    if "--out" in args:
+        args[args.index("--out") + 1] = str(out)
+    return args
+
+
+#: the paper's layout of each table (PROTOCOL.md A): the rows' config keys, per-organ columns (a preset of
+#: segbench.report.runs.ORGAN_PRESETS; None: no per-organ column), a column group per dataset, the mean
+#: metrics, and the convention of its numbers (the Synapse tables: TransUNet's, HD95 in voxels)
+PAPER_LAYOUT = {
+    "table1_synapse": dict(rows=["loss.name"], organs="paper-table1", column_group=None, metrics=["DSC (%)",
+                           "HD95 (voxels)"], convention="transunet"),
+    "table2_abdomenct1k": dict(rows=["loss.name"], organs="paper-table2", column_group=None,
+                               metrics=["DSC (%)", "HD95 (mm)"], convention="default"),
+    "table3_uncertainty": dict(rows=["loss.name", "loss.uncertainty"], organs=None, column_group="data.name",
+                               metrics=["DSC (%)", "HD95 (voxels)"], convention="transunet"),
+    "table4_symmetry": dict(rows=["loss.name", "loss.asymmetric"], organs=None, column_group="data.name",
+                            metrics=["DSC (%)", "HD95 (voxels)"], convention="transunet"),
+    "table5_models2d": dict(rows=["model._target_", "loss.name"], organs=None, column_group="data.name",
+                            metrics=["DSC (%)", "HD95 (voxels)"], convention="transunet"),
+    "table6_3d": dict(rows=["model._target_", "loss.name"], organs="paper-table2", column_group=None,
+                      metrics=["DSC (%)"], convention="default"),
+}
+
+
+def flag_values(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+
+
 @pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
 def test_every_paper_experiment_runs_on_the_phantom_and_its_table_renders(experiment, phantom_dir, tmp_path):
+    """The experiment's sweep (one lean job) runs on the phantom, then its OWN report command (the one in
+    its config's header) renders in the paper's layout: rows, per-organ columns, dataset column groups and
+    units (the Synapse tables in TransUNet's convention, HD95 in voxels; Table 6 and Figures 3-4: DSC)."""
+    import pandas as pd
+
+    from segbench.report.runs import ORGAN_PRESETS
+
     summaries = run_experiment(experiment, phantom_dir, tmp_path)
     assert len(summaries) == 1, (experiment, summaries)  # the job finished (a sweep survives a crashed job)
-    for path in summaries:
-        summary = json.loads(path.read_text())
-        assert summary["num_cases"] >= 1 and 0.0 <= summary["mean_dsc"] <= 1.0, path
+    summary = json.loads(summaries[0].read_text())
+    assert summary["num_cases"] >= 1 and 0.0 <= summary["mean_dsc"] <= 1.0
+    # every test pass scores both conventions, each labelled with its unit
+    assert {k: v["hd_unit"] for k, v in summary["by_convention"].items()} == {"default": "mm", "transunet": "voxels"}
     sweep_dir = summaries[0].parents[2]
-    proc = subprocess.run([sys.executable, "-m", "segbench.report.table", str(sweep_dir), "--group-by", "loss.name",
-                           "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    argv = report_command(experiment)
+    out = tmp_path / "report"
+    args = on_the_phantom(argv, sweep_dir, out)
+    module = "segbench.report.table" if argv[0] == "segbench-table" else "segbench.report.figures"
+    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, (args, proc.stderr[-3000:])
+    config = yaml.safe_load((sweep_dir / "0" / ".hydra" / "config.yaml").read_text())
+
+    if experiment.startswith("fig"):  # Figures 3 and 4: DSC against the swept key
+        assert argv[:2] == ["segbench-figures", "gamma" if experiment == "fig3_gamma" else "focused"]
+        frame = pd.read_csv(out / f"{argv[1]}.csv")
+        assert set(frame["metric"]) == {"dsc"} and "--metric" not in argv
+        return
+
+    layout = PAPER_LAYOUT[experiment]
+    assert argv[0] == "segbench-table" and flag_values(argv, "--group-by") == layout["rows"]
+    assert flag_values(argv, "--column-group") == ([layout["column_group"]] if layout["column_group"] else [])
+    lines = [ln for ln in (out / "table.md").read_text().splitlines() if ln.startswith("| ")]
+    if layout["column_group"]:  # a group of columns per dataset: on the phantom, one group, "phantom"
+        assert [c.strip() for c in lines[0].strip("|").split("|")][2] == "**phantom**", lines[0]
+        lines = lines[1:]
+    header = [c.strip() for c in lines[0].strip("|").split(" | ")]
+    body = [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[1:]]
+    # the rows: one per value of the paper's row keys (the lean job: one row, labelled by its values)
+    from segbench.report.table import group_label
+    from segbench.report.runs import Run, get_key
+
+    run = Run(path=sweep_dir / "0", config=config)
+    assert [row[0] for row in body] == [group_label(layout["rows"], [get_key(run, k) for k in layout["rows"]])]
+    # the baseline names a row of the full sweep (one composed config per sweep point)
+    from omegaconf import OmegaConf
+
+    for baseline in flag_values(argv, "--baseline"):
+        labels = {group_label(layout["rows"], [OmegaConf.select(compose_run(f"experiment={experiment}", *point), k)
+                                               for k in layout["rows"]]) for point in sweep_points(experiment)}
+        assert baseline in labels, (baseline, labels)
+    # the columns: the paper's mean metrics, then its organs (paper-table2's on the phantom: its own 8)
+    n_metrics = len(layout["metrics"])
+    assert header[2:2 + n_metrics] == layout["metrics"], header
+    organs = header[2 + n_metrics:]
+    if layout["organs"] == "paper-table1":
+        assert organs == ORGAN_PRESETS["paper-table1"]
+    elif layout["organs"] == "paper-table2":  # left out on the phantom: every organ of the phantom
+        assert "paper-table2" in flag_values(argv, "--organs") and organs == ORGANS[1:]
+    else:
+        assert organs == [] and flag_values(argv, "--organs") == ["none"]
+    # the units and the convention, said in the caption and the CSV
+    text = (out / "table.md").read_text()
+    unit = "voxels" if layout["convention"] == "transunet" else "mm"
+    assert f"Metric convention: {layout['convention']}; HD in {unit}" in text
+    frame = pd.read_csv(out / "table.csv")
+    assert set(frame["convention"]) == {layout["convention"]} and set(frame["hd_unit"]) == {unit}
+    assert set(frame["dsc_unit"]) == {"%"}
 
 
 def test_a_swept_dataset_without_its_root_is_named_before_anything_runs():

@@ -583,6 +583,8 @@ def test_table_of_a_real_sweep(phantom_dir, tmp_path):
         run_dir = sweep_dir / str(job)
         config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
         frame = pd.read_csv(run_dir / "results" / "per_case.csv")
+        assert set(frame["convention"]) == {"default", "transunet"}  # every run scores both
+        frame = frame[frame["convention"] == "default"]  # the run's own (metrics.convention): the table's default
         per_organ = frame.groupby("organ", sort=False)[["dsc", "hd95"]].mean()  # NaN (excluded) skipped
         values = [per_organ["dsc"].mean(), per_organ["hd95"].mean(), *per_organ["dsc"]]
         expected.setdefault(config["loss"]["name"], []).append(values)
@@ -593,3 +595,113 @@ def test_table_of_a_real_sweep(phantom_dir, tmp_path):
         assert len(runs) == 2, loss
         cells = [f"{np.mean(col):.4f} ± {np.std(col, ddof=1):.4f}" for col in zip(*runs)]
         assert rows[loss] == [loss, "2", *cells]
+
+
+# ----------------------------------------------------------------------------------------------
+# two conventions per run, and column groups (the paper's Tables 3-5: one group per dataset)
+
+
+def write_dual_run(run_dir: Path, loss: str, seed: int, *, data_name: str = "synthetic", dsc_shift: float = 0.0,
+                   case_prefix: str = "case", report_convention: str | None = None) -> Path:
+    """A run as segbench writes it now: rows of BOTH conventions, labelled with convention and hd_unit.
+    The transunet rows have the same DSC and HD95 = 3 x the default one (a voxel is 1/3 mm here), so a
+    table that mixed them, or showed the wrong one, would show other numbers."""
+    base = [dict(r, case=r["case"].replace("case", case_prefix), dsc=r["dsc"] + dsc_shift,
+                 hd95=100.0 * (1.0 - r["dsc"] - dsc_shift)) for r in case_rows(loss, seed)]
+    rows = [dict(r, hd_unit="mm") for r in base]
+    rows += [dict(r, convention="transunet", hd95=3 * r["hd95"], hd_unit="voxels") for r in base]
+    write_run(run_dir, loss, seed, rows=rows, extra_config={
+        "data": {"name": data_name}, "metrics": {"convention": "default", "report_convention": report_convention}})
+    by_convention = {}
+    for conv, unit in (("default", "mm"), ("transunet", "voxels")):
+        mine = [r for r in rows if r["convention"] == conv]
+        per_class = {o: {k: float(np.nanmean([r[k] for r in mine if r["organ"] == o])) for k in ("dsc", "hd95")}
+                     for o in ORGANS}
+        by_convention[conv] = {"convention": conv, "convention_description": f"{conv}: test fixture",
+                               "hd_unit": unit, "per_class": per_class,
+                               "mean_dsc": float(np.mean([per_class[o]["dsc"] for o in ORGANS])),
+                               "mean_hd95": float(np.mean([per_class[o]["hd95"] for o in ORGANS]))}
+    summary_path = run_dir / "results" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    summary.update(by_convention["default"], conventions=["default", "transunet"], by_convention=by_convention)
+    summary_path.write_text(json.dumps(summary))
+    return run_dir
+
+
+@pytest.fixture
+def datasets_sweep(tmp_path: Path) -> Path:
+    """Losses ce, ce_dice x seeds 1, 2 x datasets synapse, abdomenct1k (DSC 5 points higher, other case ids)."""
+    root = tmp_path / "multirun" / "2025-02-02_00-00-00"
+    root.mkdir(parents=True)
+    job = 0
+    for data_name, shift, prefix in (("synapse", 0.0, "case"), ("abdomenct1k", 0.05, "abd")):
+        for loss in ("ce", "ce_dice"):
+            for seed in (1, 2):
+                write_dual_run(root / str(job), loss, seed, data_name=data_name, dsc_shift=shift, case_prefix=prefix,
+                               report_convention="transunet")
+                job += 1
+    return root
+
+
+def test_a_run_scored_under_two_conventions_shows_one_chosen_by_flag_or_config(tmp_path, capsys):
+    root = tmp_path / "runs"
+    write_dual_run(root / "0", "ce_dice", 1, report_convention="transunet")
+    write_dual_run(root / "1", "ce_dice", 2, report_convention="transunet")
+    # ce_dice seeds 1, 2: mean DSC 78.67 / 80.67 % -> HD95 21.33 / 19.33 mm; x 3 in voxels: 64.00 / 58.00
+    out, err = run_table(capsys, root, "--percent", "--out", tmp_path / "a")
+    assert markdown_rows(out)["ce_dice"][:4] == ["ce_dice", "2", "79.67 ± 1.41", "61.00 ± 4.24"]
+    assert markdown_rows(out)["__header__"][3] == "HD95 (voxels)"
+    assert "Metric convention: transunet; HD in voxels" in out and "disagrees" not in err
+    out, err = run_table(capsys, root, "--percent", "--convention", "default", "--out", tmp_path / "b")
+    assert markdown_rows(out)["ce_dice"][:4] == ["ce_dice", "2", "79.67 ± 1.41", "20.33 ± 1.41"]
+    assert "Metric convention: default; HD in mm" in out and "disagrees" not in err
+    # a run whose default differs (no report_convention: its own, default): one line, naming the flag
+    write_dual_run(root / "2", "ce", 1)
+    with pytest.raises(SystemExit) as exc:
+        table_cli.main([str(root), "--out", str(tmp_path / "c")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--convention transunet" in err and "--convention default" in err
+
+
+def test_column_groups_lay_datasets_side_by_side(datasets_sweep, tmp_path, capsys):
+    out, err = run_table(capsys, datasets_sweep, "--group-by", "loss.name", "--column-group", "data.name",
+                         "--organs", "none", "--baseline", "ce_dice", "--percent", "--out", tmp_path)
+    lines = [ln for ln in out.splitlines() if ln.startswith("|")]
+    # two header rows: the groups over their columns, then the columns (no per-organ column)
+    assert lines[0] == "|  |  | **synapse** |  |  | **abdomenct1k** |  |  |"
+    assert lines[2] == ("| Method | n | DSC (%) | HD95 (voxels) | p vs ce_dice | DSC (%) | HD95 (voxels) "
+                        "| p vs ce_dice |")
+    rows = {ln.split(" | ")[0][2:]: [c.strip().replace("**", "") for c in ln.strip("|").split(" | ")]
+            for ln in lines[3:]}
+    # synapse as in test_table_rows_columns_and_numbers; abdomenct1k 5 points higher; HD95 in voxels = 3 x
+    #   100 (1 - DSC): ce_dice 3 x 20.33 = 61.00 (synapse), 3 x 15.33 = 46.00 (abdomenct1k).
+    #   Within each group every ce case is 10 points below ce_dice: 4 pairs, p = 2 / 2^4 = 0.125.
+    assert rows["ce_dice"] == ["ce_dice", "2", "79.67 ± 1.41", "61.00 ± 4.24", "ref",
+                               "84.67 ± 1.41", "46.00 ± 4.24", "ref"]
+    assert rows["ce"] == ["ce", "2", "69.67 ± 1.41", "91.00 ± 4.24", "0.125", "74.67 ± 1.41", "76.00 ± 4.24",
+                          "0.125"]
+    assert "warning" not in err  # data.* differ between the groups, not within a row of one group
+    assert "Column groups: data.name = synapse, abdomenct1k." in out
+    import pandas as pd
+
+    frame = pd.read_csv(tmp_path / "table.csv")
+    ce = frame[frame["label"] == "ce"].iloc[0]
+    assert ce["synapse/mean_dsc"] == pytest.approx(69.6667, abs=1e-3)
+    assert ce["abdomenct1k/mean_dsc"] == pytest.approx(74.6667, abs=1e-3)
+    # the test pairs the 4 cases of one dataset (pooled over both it would pair 8 case ids)
+    assert (ce["synapse/n_pairs"], ce["abdomenct1k/n_pairs"]) == (4, 4)
+    assert ce["synapse/p_value"] == pytest.approx(0.125) and ce["abdomenct1k/n_runs"] == 2
+    tex = (tmp_path / "table.tex").read_text()
+    assert "& & \\multicolumn{3}{c}{synapse} & \\multicolumn{3}{c}{abdomenct1k} \\\\" in tex
+    assert "\\cmidrule(lr){3-5} \\cmidrule(lr){6-8}" in tex
+    # bold within a group: ce_dice is best in both groups -> 2 bold cells per group
+    ce_dice_tex = next(ln for ln in tex.splitlines() if ln.startswith("ce\\_dice"))
+    assert ce_dice_tex.count("\\textbf") == 4
+
+
+def test_column_group_key_cannot_also_make_rows(datasets_sweep, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        table_cli.main([str(datasets_sweep), "--group-by", "data.name", "--column-group", "data.name",
+                        "--out", str(tmp_path)])
+    assert "--column-group data.name is also a --group-by key" in capsys.readouterr().err

@@ -250,7 +250,7 @@ def test_a_ddp_job_of_two_slurm_tasks_writes_one_directory_with_the_single_proce
     summary = json.loads((job / "results" / "summary.json").read_text())
     assert summary["run"]["world_size"] == 2 and status(job)["status"] == "done"
     ddp = pd.read_csv(job / "results" / "per_case.csv", dtype={"case": str})
-    assert len(ddp) == 3 * 8 and not ddp.duplicated(["case", "organ"]).any()
+    assert len(ddp) == 3 * 8 * 2 and not ddp.duplicated(["case", "organ", "convention"]).any()  # 2 conventions
     # the same checkpoint scored by one process
     single = subprocess.run([sys.executable, "-m", "segbench.eval", f"ckpt_path={summary['run']['checkpoint']}",
                              f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, env=env,

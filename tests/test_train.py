@@ -35,14 +35,24 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def test_smoke_run_writes_the_results_contract(smoke_run):
-    rows = read_rows(smoke_run / "results" / "per_case.csv")
-    assert list(rows[0]) == ["case", "organ", "label", "dsc", "hd95", "hd", "assd", "nsd", "gt_voxels",
-                             "pred_voxels", "status", "convention"]
+    all_rows = read_rows(smoke_run / "results" / "per_case.csv")
+    assert list(all_rows[0]) == ["case", "organ", "label", "dsc", "hd95", "hd", "assd", "nsd", "gt_voxels",
+                                 "pred_voxels", "status", "convention", "hd_unit"]
+    # every test pass scores both conventions: the run's own (default, mm) first, then transunet (voxels)
+    assert [(r["convention"], r["hd_unit"]) for r in all_rows] == [("default", "mm")] * 8 + [("transunet", "voxels")] * 8
+    rows = all_rows[:8]
+    transunet = all_rows[8:]
+    assert [r["organ"] for r in transunet] == ORGANS and [r["dsc"] for r in transunet] == [r["dsc"] for r in rows]
     # debug=smoke tests one case: one row per organ, labels 1..8 in Synapse order
     assert [r["organ"] for r in rows] == ORGANS
     assert [int(r["label"]) for r in rows] == list(range(1, 9))
     summary = json.loads((smoke_run / "results" / "summary.json").read_text())
     assert summary["convention"] == "default" and summary["hd_unit"] == "mm"
+    assert summary["conventions"] == ["default", "transunet"]
+    assert summary["by_convention"]["default"]["mean_dsc"] == summary["mean_dsc"]
+    assert summary["by_convention"]["transunet"]["hd_unit"] == "voxels"
+    # the phantom's voxels are not 1 mm: HD95 in voxels (medpy, pooled) differs from the mm one
+    assert summary["by_convention"]["transunet"]["mean_hd95"] != summary["mean_hd95"]
     assert list(summary["per_class"]) == ORGANS
     for r in rows:
         dsc = float(r["dsc"])
@@ -71,7 +81,8 @@ def test_eval_rescores_a_checkpoint_under_another_convention(smoke_run, phantom_
     summary = json.loads((out / "results" / "summary.json").read_text())
     assert summary["convention"] == "transunet" and summary["hd_unit"] == "voxels"
     rows = read_rows(out / "results" / "per_case.csv")
-    assert {r["convention"] for r in rows} == {"transunet"} and len(rows) == 8
+    # transunet is the run's own now: its rows first; default is scored too
+    assert [r["convention"] for r in rows] == ["transunet"] * 8 + ["default"] * 8
 
 
 def test_test_checkpoint_last_scores_the_final_epoch(phantom_dir, tmp_path):

@@ -125,7 +125,7 @@ class VolumeDataset(Dataset):
         slices = resize_slices(unit_image(vol, self.window), self.img_size, is_label=False)
         return {"case_id": vol.case_id, "image": torch.from_numpy(slices)[:, None],
                 "label": torch.from_numpy(vol.label), "spacing": vol.spacing,
-                "affine": vol.affine, "native_shape": vol.shape}
+                "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape}
 
 
 def with_loss_maps(sample: dict[str, Any], maps) -> dict[str, Any]:
@@ -364,7 +364,8 @@ class CaseDataModule(pl.LightningDataModule):
     def _prepare(self, case_id: str) -> Volume:
         """Load, resample to ``target_spacing``, intensities to [0, 1]."""
         vol = resample_volume(self._load(case_id), self.target_spacing)
-        return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True)
+        return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True,
+                      vol.spacing_known)
 
     def _cache_params(self, **extra) -> dict[str, Any]:
         fill = {} if self.nonfinite_fill is None else {"nonfinite_fill": self.nonfinite_fill}
@@ -375,7 +376,8 @@ class CaseDataModule(pl.LightningDataModule):
         def build():
             vol = self._prepare(case_id)
             return ({"image": vol.image, "label": vol.label},
-                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist()})
+                    {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist(),
+                     "spacing_known": bool(vol.spacing_known)})
 
         if self.cache is None:
             arrays, meta = build()
@@ -384,7 +386,8 @@ class CaseDataModule(pl.LightningDataModule):
         self._checked.add(case_id)
         return Volume(case_id, np.ascontiguousarray(arrays["image"], np.float32),
                       np.ascontiguousarray(arrays["label"], np.uint8), tuple(meta["spacing"]),
-                      np.asarray(meta["affine"]), normalized=True)
+                      np.asarray(meta["affine"]), normalized=True,
+                      spacing_known=bool(meta.get("spacing_known", True)))
 
     def _progress(self, case_ids: list[str], part: str):
         from tqdm.auto import tqdm

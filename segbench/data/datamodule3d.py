@@ -127,8 +127,8 @@ class TestCases(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         vol = self.volumes[i]
         return {"case_id": vol.case_id, "image": torch.from_numpy(vol.image)[None, None],
-                "label": torch.from_numpy(vol.label), "spacing": vol.spacing, "affine": vol.affine,
-                "native_shape": vol.shape}
+                "label": torch.from_numpy(vol.label), "spacing": vol.spacing,
+                "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape}
 
 
 class PatchDataModule(CaseDataModule):

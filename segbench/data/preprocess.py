@@ -61,7 +61,7 @@ def resize_volume(vol: Volume, target_shape: Sequence[int] | None) -> Volume:
     if shape is None or tuple(vol.image.shape) == shape:
         return vol
     spacing = [s * n / m for s, n, m in zip(vol.spacing, vol.image.shape, shape)]
-    out = resample_volume(vol, spacing)
+    out = _resample(vol, spacing)  # a shape in voxels: also for a stand-in spacing (Volume.spacing_known False)
     assert tuple(out.image.shape) == shape, (out.image.shape, shape)
     return out
 
@@ -72,10 +72,17 @@ def resample_volume(vol: Volume, target_spacing: Sequence[float | None] | None) 
     The new size along an axis is ``round(n * spacing / target)``; the spacing actually reached is
     ``spacing * n / new_n`` (exact up to that rounding), and the affine is updated so the resampled
     volume covers the same physical extent (predictions written with it overlay the input).
+    A case whose spacing is unknown (``vol.spacing_known`` False: TransUNet's npz/h5 files) has no mm
+    to resample to and is returned as it is.
     """
     target = check_target_spacing(target_spacing)
-    if target is None:
+    if target is None or not vol.spacing_known:
         return vol
+    return _resample(vol, target)
+
+
+def _resample(vol: Volume, target: Sequence[float | None]) -> Volume:
+    """:func:`resample_volume` without its checks (``target`` checked, the spacing taken as it is)."""
     from scipy.ndimage import zoom
 
     shape = vol.image.shape
@@ -96,4 +103,4 @@ def resample_volume(vol: Volume, target_spacing: Sequence[float | None] | None) 
     spacing = tuple(float(s * n / m) for s, n, m in zip(vol.spacing, shape, new_shape))
     return Volume(vol.case_id, np.ascontiguousarray(image, dtype=np.float32),
                   None if label is None else np.ascontiguousarray(label, dtype=np.uint8),
-                  spacing, affine, vol.normalized)
+                  spacing, affine, vol.normalized, vol.spacing_known)

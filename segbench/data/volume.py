@@ -40,6 +40,10 @@ class Volume:
 
     ``normalized=True`` marks an image that is already in [0, 1] (TransUNet's windowed npz/h5 files,
     per-case normalised MR, the preprocessing cache), so the data module skips the HU window.
+
+    ``spacing_known=False`` marks a case whose files carry no voxel spacing (TransUNet's npz/h5 Synapse
+    files): ``spacing`` is then a stand-in (1 per axis unless configured), and every distance measured
+    on it counts voxels, not mm; the evaluation labels its HD unit ``voxels`` accordingly.
     """
 
     case_id: str
@@ -48,6 +52,7 @@ class Volume:
     spacing: tuple[float, float, float]  # (sz, sy, sx) mm
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     normalized: bool = False
+    spacing_known: bool = True
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -85,7 +90,7 @@ def to_canonical(vol: Volume) -> Volume:
     canonical_xyz[ornt[:, 0].astype(int)] = spacing_xyz
     return Volume(vol.case_id, _reorient_zyx(vol.image, ornt),
                   None if vol.label is None else _reorient_zyx(vol.label, ornt),
-                  tuple(float(v) for v in canonical_xyz[::-1]), vol.affine, vol.normalized)
+                  tuple(float(v) for v in canonical_xyz[::-1]), vol.affine, vol.normalized, vol.spacing_known)
 
 
 def from_canonical(array_zyx: np.ndarray, affine: np.ndarray) -> np.ndarray:

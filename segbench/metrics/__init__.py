@@ -6,6 +6,7 @@ Usage::
     scores = evaluate_case(pred, gt, spacing=(2.5, 0.8, 0.8), labels=range(1, 9))
     scores[5]["hd95"]                    # liver HD95 in hd_unit("default") == "mm"
     describe("default")                  # one line, written next to every number
+    evaluate_case_conventions(pred, gt, spacing, range(1, 9), ["default", "transunet"])  # both at once
 
 ``pred``/``gt`` may be numpy arrays or torch tensors; CUDA tensors are evaluated on
 the GPU. The definitions (surface, distances, percentile, NSD, empty masks) are in
@@ -22,7 +23,7 @@ from segbench.metrics.conventions import (
     describe,
     hd_unit,
 )
-from segbench.metrics.evaluate import evaluate_case
+from segbench.metrics.evaluate import evaluate_case, evaluate_case_conventions
 
 __all__ = [
     "CONVENTIONS",
@@ -31,5 +32,6 @@ __all__ = [
     "case_status",
     "describe",
     "evaluate_case",
+    "evaluate_case_conventions",
     "hd_unit",
 ]

@@ -13,6 +13,8 @@ the volume the masks are embedded in.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -233,10 +235,25 @@ def evaluate_labels(
     distance_method: str = "auto",
 ) -> dict[int, LabelStats]:
     """Raw per-label statistics (counts, and distance summaries when both masks are non-empty)."""
-    out: dict[int, LabelStats] = {}
+    multi = evaluate_labels_multi(pred, gt, labels, sampling, [(pooled_percentile, tolerance)], distance_method)
+    return {lab: stats[0] for lab, stats in multi.items()}
+
+
+def evaluate_labels_multi(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    labels: list[int],
+    sampling: np.ndarray,
+    summaries: Sequence[tuple[bool, float | None]],
+    distance_method: str = "auto",
+) -> dict[int, list[LabelStats]]:
+    """:func:`evaluate_labels` for several ``(pooled_percentile, tolerance)`` summaries of the SAME
+    distances (one surface-distance computation per label, e.g. for the ``default`` and ``transunet``
+    conventions on data whose voxels are 1 x 1 x 1): one LabelStats per summary, in order."""
+    out: dict[int, list[LabelStats]] = {}
     for lab, box in label_boxes(pred, gt, labels).items():
         if box is None:
-            out[lab] = LabelStats(0, 0, 0)
+            out[lab] = [LabelStats(0, 0, 0)] * len(summaries)
             continue
         p = pred[box] == lab
         g = gt[box] == lab
@@ -244,8 +261,8 @@ def evaluate_labels(
         n_g = int(np.count_nonzero(g))
         tp = int(np.count_nonzero(p & g))
         if n_p == 0 or n_g == 0:
-            out[lab] = LabelStats(n_p, n_g, tp)
+            out[lab] = [LabelStats(n_p, n_g, tp)] * len(summaries)
             continue
         d_pg, d_gp = surface_distances(p, g, sampling, distance_method)
-        out[lab] = LabelStats(n_p, n_g, tp, *summarise_numpy(d_pg, d_gp, pooled_percentile, tolerance))
+        out[lab] = [LabelStats(n_p, n_g, tp, *summarise_numpy(d_pg, d_gp, pooled, tol)) for pooled, tol in summaries]
     return out

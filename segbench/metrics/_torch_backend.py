@@ -18,7 +18,7 @@ Everything stays on the device until one transfer of the per-label results at th
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -160,10 +160,24 @@ def evaluate_labels(
     edt: str = "auto",
 ) -> dict[int, LabelStats]:
     """Raw per-label statistics, as :func:`segbench.metrics._numpy_backend.evaluate_labels`."""
+    multi = evaluate_labels_multi(pred, gt, labels, sampling, [(pooled_percentile, tolerance)], edt)
+    return {lab: stats[0] for lab, stats in multi.items()}
+
+
+def evaluate_labels_multi(
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    labels: list[int],
+    sampling: np.ndarray,
+    summaries: Sequence[tuple[bool, float | None]],
+    edt: str = "auto",
+) -> dict[int, list[LabelStats]]:
+    """Several summaries of the same distances, as :func:`segbench.metrics._numpy_backend.evaluate_labels_multi`."""
     impl = _resolve_edt(pred.device, edt)
     samp = tuple(float(s) for s in sampling)
+    k = len(summaries)
     rows: list[torch.Tensor] = []
-    nan4 = torch.full((4,), math.nan, dtype=torch.float64, device=pred.device)
+    nan4 = torch.full((4 * k,), math.nan, dtype=torch.float64, device=pred.device)
     zero3 = torch.zeros(3, dtype=torch.float64, device=pred.device)
     extents = label_extents(pred, gt, labels)
     for lab in labels:
@@ -180,9 +194,9 @@ def evaluate_labels(
         sp, sg = surface(p), surface(g)
         d_pg = _edt_distances(sp, sg, samp, impl)
         d_gp = _edt_distances(sg, sp, samp, impl)
-        rows.append(torch.cat([counts, summarise_torch(d_pg, d_gp, pooled_percentile, tolerance)]))
-    values = torch.stack(rows).cpu().tolist() if rows else []
+        rows.append(torch.cat([counts, *[summarise_torch(d_pg, d_gp, pooled, tol) for pooled, tol in summaries]]))
+    values = torch.stack(rows).cpu().tolist() if rows else []  # one transfer for all labels and summaries
     out = {}
     for lab, v in zip(labels, values):
-        out[lab] = LabelStats(int(v[0]), int(v[1]), int(v[2]), *v[3:])
+        out[lab] = [LabelStats(int(v[0]), int(v[1]), int(v[2]), *v[3 + 4 * i: 7 + 4 * i]) for i in range(k)]
     return out

@@ -47,40 +47,81 @@ def evaluate_case(
         ``{label: {"dsc", "hd", "hd95", "assd", "nsd"}}`` as Python floats (NaN where the
         convention excludes the value), plus the ``with_status`` keys when asked.
     """
-    conv = get_convention(convention)
+    return evaluate_case_conventions(pred, gt, spacing, labels, [convention], nsd_tolerance_mm, backend=backend,
+                                     with_status=with_status)[get_convention(convention).name]
+
+
+def evaluate_case_conventions(
+    pred: Any,
+    gt: Any,
+    spacing: Sequence[float] | None,
+    labels: Iterable[int],
+    conventions: Sequence[str | Convention],
+    nsd_tolerance_mm: float = 2.0,
+    *,
+    backend: str = "auto",
+    with_status: bool = False,
+) -> dict[str, dict[int, dict[str, float]]]:
+    """:func:`evaluate_case` under several conventions at once: ``{convention name: {label: {...}}}``.
+
+    The surface distances are computed once per distinct voxel grid the conventions measure on
+    (mm: ``spacing``; voxels: 1 per axis), and each convention's percentile / NSD / empty-mask rule is
+    applied to them: ``default`` and ``transunet`` share one computation where ``spacing`` is all ones
+    (data without a known spacing) and need two otherwise. The numbers are those of
+    :func:`evaluate_case` with each convention, bit for bit (same distances, same reductions).
+    """
+    convs = list(dict.fromkeys(get_convention(c) for c in conventions))
+    if not convs:
+        raise ValueError("conventions: expected at least one convention")
     labels = _check_labels(labels)
     backend = _check_backend(backend)
     pred_is_torch, gt_is_torch = _is_tensor(pred), _is_tensor(gt)
     shape = _check_shapes(pred, gt)
     spacing_arr = _check_spacing(spacing, len(shape))
     tol = _check_tolerance(nsd_tolerance_mm)
-    sampling = spacing_arr if conv.use_spacing else np.ones(len(shape))
-    tolerance = tol if conv.nsd else None
 
     on_cuda = [x.device for x, is_t in ((pred, pred_is_torch), (gt, gt_is_torch)) if is_t and x.device.type == "cuda"]
     use_torch = backend == "torch" or (backend == "auto" and bool(on_cuda))
     if use_torch:
-        from segbench.metrics import _torch_backend
+        from segbench.metrics import _torch_backend as impl
 
-        p, g = _torch_backend.as_label_tensor(pred, "pred"), _torch_backend.as_label_tensor(gt, "gt")
-        if p.device != g.device:  # one map on the GPU (e.g. the model's output): bring the other there
-            device = on_cuda[0] if on_cuda else p.device
-            p, g = p.to(device), g.to(device)
-        stats = _torch_backend.evaluate_labels(p, g, labels, sampling, conv.pooled_percentile, tolerance)
+        p, g = _torch_backend_inputs(pred, gt, on_cuda)
     else:
-        from segbench.metrics import _numpy_backend
+        from segbench.metrics import _numpy_backend as impl
 
         p, g = _as_label_array(pred, "pred"), _as_label_array(gt, "gt")
-        stats = _numpy_backend.evaluate_labels(p, g, labels, sampling, conv.pooled_percentile, tolerance)
 
-    diagonal = float(np.sqrt(np.sum((np.asarray(shape) * sampling) ** 2)))
-    out = {}
-    for lab in labels:
-        s = stats[lab]
-        out[lab] = _apply_convention(s, conv, diagonal)
-        if with_status:
-            out[lab].update(status=case_status(s.n_pred > 0, s.n_gt > 0), pred_voxels=s.n_pred, gt_voxels=s.n_gt)
-    return out
+    # conventions measuring on the same grid share one distance computation
+    grids: dict[tuple[float, ...], list[Convention]] = {}
+    for conv in convs:
+        sampling = spacing_arr if conv.use_spacing else np.ones(len(shape))
+        grids.setdefault(tuple(float(v) for v in sampling), []).append(conv)
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for grid, members in grids.items():
+        sampling = np.asarray(grid, dtype=np.float64)
+        summaries = [(conv.pooled_percentile, tol if conv.nsd else None) for conv in members]
+        stats = impl.evaluate_labels_multi(p, g, labels, sampling, summaries)
+        diagonal = float(np.sqrt(np.sum((np.asarray(shape) * sampling) ** 2)))
+        for i, conv in enumerate(members):
+            scores = {}
+            for lab in labels:
+                s = stats[lab][i]
+                scores[lab] = _apply_convention(s, conv, diagonal)
+                if with_status:
+                    scores[lab].update(status=case_status(s.n_pred > 0, s.n_gt > 0), pred_voxels=s.n_pred,
+                                       gt_voxels=s.n_gt)
+            out[conv.name] = scores
+    return {conv.name: out[conv.name] for conv in convs}
+
+
+def _torch_backend_inputs(pred: Any, gt: Any, on_cuda: list) -> tuple[Any, Any]:
+    from segbench.metrics import _torch_backend
+
+    p, g = _torch_backend.as_label_tensor(pred, "pred"), _torch_backend.as_label_tensor(gt, "gt")
+    if p.device != g.device:  # one map on the GPU (e.g. the model's output): bring the other there
+        device = on_cuda[0] if on_cuda else p.device
+        p, g = p.to(device), g.to(device)
+    return p, g
 
 
 def _apply_convention(s: LabelStats, conv: Convention, diagonal: float) -> dict[str, float]:

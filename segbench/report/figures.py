@@ -453,7 +453,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="organs (comma list or " + ", ".join(ORGAN_PRESETS) + "); the mean is always over "
                             "all organs of the runs, as in summary.json")
         p.add_argument("--percent", action="store_true", help="DSC / NSD in percent")
-        p.add_argument("--convention", default=None, help="keep only runs of this metric convention")
+        p.add_argument("--convention", default=None,
+                       help="plot this metric convention's rows (default: each run's metrics.report_convention, "
+                            "else its metrics.convention)")
 
     for kind, key, text in (("gamma", "loss.gamma", "DSC vs gamma (paper Fig. 3), mean ± std over seeds"),
                             ("focused", "loss.focused_classes",

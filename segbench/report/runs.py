@@ -10,6 +10,12 @@ A *run directory* is what ``segbench-train`` writes for one job: a Hydra run dir
 Every number the report tools show is recomputed here from ``per_case.csv``
 (mean over cases per organ, NaN = excluded case, then mean over organs: the rule
 of :func:`segbench.evaluation.summarize`); ``summary.json`` is only cross-checked.
+
+``per_case.csv`` holds one row per case x organ x metric convention (every run scores ``default``
+and ``transunet``, :mod:`segbench.evaluation`). A loaded :class:`Run` shows ONE convention's rows
+(``Run.per_case``), never a mix: the one asked for (``--convention``), else the run's report
+convention (:func:`report_convention`: ``metrics.report_convention``, e.g. ``transunet`` for the
+Synapse paper tables, else the run's own ``metrics.convention``).
 """
 
 from __future__ import annotations
@@ -58,7 +64,8 @@ class Run:
     overrides: list[str] = field(default_factory=list)
     summary: dict[str, Any] | None = None
     error: str | None = None
-    per_case: pd.DataFrame | None = None
+    per_case: pd.DataFrame | None = None          # the rows of the selected convention only
+    per_case_all: pd.DataFrame | None = None      # every convention's rows, as in the file
 
     @property
     def failed(self) -> bool:
@@ -80,10 +87,36 @@ class Run:
         return None if value is _MISSING else str(value)
 
     @property
+    def conventions(self) -> list[str]:
+        """The conventions ``per_case.csv`` holds, in file order."""
+        if self.per_case_all is None:
+            return []
+        return list(dict.fromkeys(str(c) for c in self.per_case_all["convention"]))
+
+    @property
     def hd_unit(self) -> str:
-        if self.summary and self.summary.get("hd_unit"):
-            return str(self.summary["hd_unit"])
+        """The HD unit of the selected convention's rows (``hd_unit`` column), else as ``summary.json`` says."""
+        if self.per_case is not None and "hd_unit" in self.per_case.columns:
+            units = sorted({str(u) for u in self.per_case["hd_unit"].dropna()})
+            if len(units) == 1:
+                return units[0]
+            if units:
+                return " and ".join(units)
+        entry = self.convention_summary
+        if entry and entry.get("hd_unit"):
+            return str(entry["hd_unit"])
         return HD_UNITS.get(self.convention or "", "unknown unit")
+
+    @property
+    def convention_summary(self) -> dict[str, Any] | None:
+        """The part of ``summary.json`` for the selected convention (``by_convention``, or the top level
+        when that is the selected one), None when the summary does not hold it."""
+        if not self.summary:
+            return None
+        entry = (self.summary.get("by_convention") or {}).get(self.convention or "")
+        if isinstance(entry, dict):
+            return entry
+        return self.summary if self.summary.get("convention") == self.convention else None
 
     @property
     def organs(self) -> list[str]:
@@ -162,13 +195,32 @@ def _read_json(path: Path) -> Any:
         raise ReportError(f"corrupt {path.name}: {path}: {str(exc).splitlines()[0]}") from exc
 
 
-def read_per_case(path: Path) -> pd.DataFrame:
-    """Read and validate ``per_case.csv``; any problem is a :class:`ReportError` naming the file."""
+def read_per_case(path: Path, convention: str | None = None) -> pd.DataFrame:
+    """Read and validate ``per_case.csv``; any problem is a :class:`ReportError` naming the file.
+
+    The file may hold several conventions (one row per case x organ x convention); ``convention``
+    selects one's rows. Without it the file must hold one convention only.
+    """
+    frame = read_all_conventions(path)
+    conventions = list(dict.fromkeys(frame["convention"]))
+    if convention is None:
+        if len(conventions) > 1:
+            raise ReportError(f"per_case.csv: {path} holds conventions {', '.join(conventions)}; choose one "
+                              f"(--convention {' or --convention '.join(conventions)})")
+        return frame
+    if convention not in conventions:
+        raise ReportError(f"per_case.csv: {path} holds no rows of convention {convention!r} "
+                          f"(it holds {', '.join(conventions)})")
+    return frame[frame["convention"] == convention].reset_index(drop=True)
+
+
+def read_all_conventions(path: Path) -> pd.DataFrame:
+    """``per_case.csv`` with every convention's rows, validated (a problem is a :class:`ReportError`)."""
     if not path.is_file():
         raise ReportError(f"missing per_case.csv: {path} (summary.json is there but the per-case results are not)")
     try:
-        frame = pd.read_csv(path, dtype={"case": str, "organ": str, "status": str, "convention": str},
-                            keep_default_na=True)
+        frame = pd.read_csv(path, dtype={"case": str, "organ": str, "status": str, "convention": str,
+                                         "hd_unit": str}, keep_default_na=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as exc:
         raise ReportError(f"corrupt per_case.csv: {path}: {str(exc).splitlines()[0]}") from exc
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
@@ -187,16 +239,31 @@ def read_per_case(path: Path) -> pd.DataFrame:
                               f"({str(exc).splitlines()[0]})") from exc
     if frame[["case", "organ", "convention"]].isna().any().any():
         raise ReportError(f"corrupt per_case.csv: {path}: empty case/organ/convention fields")
-    conventions = sorted(set(frame["convention"]))
-    if len(conventions) > 1:
-        raise ReportError(f"corrupt per_case.csv: {path}: mixes conventions {', '.join(conventions)}")
-    if frame.duplicated(["case", "organ"]).any():
-        raise ReportError(f"corrupt per_case.csv: {path}: duplicate (case, organ) rows")
+    if frame.duplicated(["case", "organ", "convention"]).any():
+        raise ReportError(f"corrupt per_case.csv: {path}: duplicate (case, organ, convention) rows")
     return frame
 
 
-def load_run(path: Path) -> Run:
-    """Read one run directory (a failed job comes back with ``error`` set, not as an exception)."""
+def report_convention(run: Run) -> str | None:
+    """The convention a report shows for ``run`` by default: ``metrics.report_convention`` of its config
+    (the paper's convention of an experiment, e.g. ``transunet`` for the Synapse tables), else the run's
+    own ``metrics.convention`` (= ``summary.json``'s top-level ``convention``)."""
+    value = get_key(run, "metrics.report_convention", None)
+    if value:
+        return str(value)
+    if run.summary and run.summary.get("convention"):
+        return str(run.summary["convention"])
+    value = get_key(run, "metrics.convention", None)
+    return None if value is None else str(value)
+
+
+def load_run(path: Path, convention: str | None = None) -> Run:
+    """Read one run directory (a failed job comes back with ``error`` set, not as an exception).
+
+    ``Run.per_case`` holds the rows of ``convention``, else of the run's :func:`report_convention`
+    (a single-convention file: its one convention); a run without rows of that convention is a
+    :class:`ReportError` (:func:`load_runs` drops such runs when a convention is asked for).
+    """
     run = Run(path=Path(path))
     hydra_cfg = path / ".hydra" / "config.yaml"
     if hydra_cfg.is_file():
@@ -212,11 +279,20 @@ def load_run(path: Path) -> Run:
             raise ReportError(f"corrupt summary.json: {summary_path}: not a JSON object")
         if run.summary.get("config"):
             run.config = run.summary["config"]  # resolved: preferred over .hydra/config.yaml
-        run.per_case = read_per_case(path / "results" / "per_case.csv")
+        run.per_case_all = read_all_conventions(path / "results" / "per_case.csv")
+        held = run.conventions
+        wanted = convention or report_convention(run)
+        if convention is None and (wanted is None or wanted not in held) and len(held) == 1:
+            wanted = held[0]  # a file of one convention (written before runs scored several)
+        if wanted not in held:
+            raise ReportError(f"{path}: per_case.csv holds no rows of convention {wanted!r} (it holds "
+                              f"{', '.join(held)}); pass --convention {' or --convention '.join(held)}")
+        frame = run.per_case_all
+        run.per_case = frame if len(held) == 1 else frame[frame["convention"] == wanted].reset_index(drop=True)
         summary_convention = run.summary.get("convention")
-        if summary_convention and summary_convention != run.convention:
+        if summary_convention and summary_convention not in run.conventions:
             raise ReportError(f"{path}: summary.json says convention {summary_convention!r} but per_case.csv "
-                              f"says {run.convention!r}")
+                              f"holds {', '.join(run.conventions)}")
     elif error_path.is_file():
         try:
             info = json.loads(error_path.read_text())
@@ -229,8 +305,15 @@ def load_run(path: Path) -> Run:
 
 
 def load_runs(paths: Iterable[str | Path], convention: str | None = None) -> list[Run]:
-    """Find and load every run below ``paths``; optionally keep one convention only."""
-    runs = [load_run(p) for p in find_run_dirs(paths)]
+    """Find and load every run below ``paths``, each showing ONE convention's rows: ``convention``
+    (runs that did not score it are left out), else each run's :func:`report_convention`."""
+    runs = []
+    for path in find_run_dirs(paths):
+        try:
+            runs.append(load_run(path, convention))
+        except ReportError as exc:
+            if convention is None or "holds no rows of convention" not in str(exc):
+                raise
     if convention is not None:
         runs = [r for r in runs if r.convention in (convention, None)]
         if not any(not r.failed for r in runs):
@@ -368,11 +451,13 @@ def case_means(run: Run, metric: str = "dsc", organs: Sequence[str] | None = Non
 
 
 def summary_mismatches(run: Run, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -> list[str]:
-    """Where ``summary.json`` disagrees with the numbers recomputed from ``per_case.csv``.
+    """Where ``summary.json`` disagrees with the numbers recomputed from ``per_case.csv``, for the
+    selected convention (its ``by_convention`` entry, or the top level when that is the one).
 
     ``per_case.csv`` holds 6 significant digits, hence the relative tolerance.
     """
-    if run.summary is None or run.per_case is None:
+    summary = run.convention_summary
+    if summary is None or run.per_case is None:
         return []
     problems = []
 
@@ -384,10 +469,10 @@ def summary_mismatches(run: Run, rel_tol: float = 1e-4, abs_tol: float = 1e-6) -
                 stored_f, recomputed, rel_tol=rel_tol, abs_tol=abs_tol):
             problems.append(f"{label}: summary.json {stored_f:.6g}, per_case.csv {recomputed:.6g}")
 
-    per_class = run.summary.get("per_class") or {}
+    per_class = summary.get("per_class") or {}
     for metric in ("dsc", "hd95"):
         means = organ_means(run, metric)
-        compare(f"mean_{metric}", run.summary.get(f"mean_{metric}"), mean_over_organs(means))
+        compare(f"mean_{metric}", summary.get(f"mean_{metric}"), mean_over_organs(means))
         for organ, value in means.items():
             if organ in per_class:
                 compare(f"{organ} {metric}", per_class[organ].get(metric), value)

@@ -7,8 +7,11 @@
 Rows are runs grouped by config keys (several runs of a group, e.g. seeds, give
 mean ± sample std); columns are the mean metrics and one metric per organ. Every
 number is recomputed from ``results/per_case.csv`` and cross-checked against
-``results/summary.json`` (a disagreement is a warning). Runs of different metric
-conventions are never put in one column (exit 2; ``--convention`` filters).
+``results/summary.json`` (a disagreement is a warning). Every run scores several metric
+conventions; a table shows ONE (``--convention``, else the runs' ``metrics.report_convention``,
+else their ``metrics.convention``) and says which, with its HD unit, in its caption; runs whose
+defaults differ are refused (exit 2: pass ``--convention``). ``--column-group data.name`` lays
+the runs out side by side, one group of columns per dataset (the paper's Tables 3-5).
 A failed job (``results/error.json``) is listed as a failed row, never dropped.
 """
 
@@ -42,6 +45,7 @@ class Column:
     metric: str
     organ: str | None
     scale: float        # 100 for fractions shown in percent
+    group: str | None = None  # the column group (--column-group value, e.g. a dataset), None without groups
 
     @property
     def higher_is_better(self) -> bool:
@@ -58,6 +62,15 @@ class Row:
     p_value: float | None = None
     n_pairs: int = 0
     is_baseline: bool = False
+    # per column group (key None without --column-group): the row's runs there, its p value and pairs
+    group_runs: dict[str | None, list[Run]] = field(default_factory=dict)
+    p_values: dict[str | None, float | None] = field(default_factory=dict)
+    pairs: dict[str | None, int] = field(default_factory=dict)
+
+    def n_text(self, groups: Sequence[str | None] = (None,)) -> str:
+        """Runs averaged in the row: one number, or one per column group where they differ."""
+        counts = [len(self.group_runs.get(g, [])) for g in groups] if self.group_runs else [len(self.runs)]
+        return str(counts[0]) if len(set(counts)) == 1 else "/".join(str(c) for c in counts)
 
     def mean(self, key: str) -> float:
         vals = [v for v in self.values.get(key, []) if not math.isnan(v)]
@@ -80,6 +93,11 @@ class Table:
     mean_organs: str            # words for the caption: "all 8 organs" / "the 4 organs shown"
     baseline: str | None
     caption: str = ""
+    column_group: str | None = None                     # the config key whose values are the column groups
+    groups: list[str | None] = field(default_factory=lambda: [None])
+
+    def group_columns(self, group: str | None) -> list[Column]:
+        return [c for c in self.columns if c.group == group]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,6 +122,8 @@ def resolve_organs(spec: str | None, runs: Sequence[Run]) -> list[str]:
         available += [o for o in run.organs if o not in available]
     if spec is None or spec == "":
         return available
+    if spec == "none":
+        return []
     organs = ORGAN_PRESETS.get(spec) or [o.strip() for o in spec.split(",") if o.strip()]
     unknown = [o for o in organs if o not in available]
     if unknown and any(not r.failed for r in runs):
@@ -113,8 +133,9 @@ def resolve_organs(spec: str | None, runs: Sequence[Run]) -> list[str]:
 
 def _convention_description(runs: Sequence[Run], convention: str | None) -> str:
     for run in runs:
-        if run.summary and run.summary.get("convention_description"):
-            return str(run.summary["convention_description"])
+        entry = None if run.failed else run.convention_summary  # the shown convention's part of summary.json
+        if entry and entry.get("convention_description"):
+            return str(entry["convention_description"])
     try:
         from ..metrics.conventions import CONVENTIONS
 
@@ -147,14 +168,24 @@ def group_case_means(runs: Sequence[Run], organs: Sequence[str] | None) -> pd.Se
 
 def build_table(runs: Sequence[Run], group_by: Sequence[str], organs: Sequence[str],
                 metrics: Sequence[str] = ("dsc", "hd95"), organ_metric: str = "dsc", baseline: str | None = None,
-                percent: bool = False, mean_over: str = "all", warn=lambda msg: None) -> Table:
-    """Group ``runs`` into rows and recompute every column from ``per_case.csv``."""
+                percent: bool = False, mean_over: str = "all", warn=lambda msg: None,
+                column_group: str | None = None) -> Table:
+    """Group ``runs`` into rows and recompute every column from ``per_case.csv``.
+
+    ``column_group`` (a dotted config key, e.g. ``data.name``): the runs are laid out side by side,
+    one group of the same columns per value of that key (the AFW-Dice paper's Tables 3-5: one group per
+    dataset); rows are then defined by ``group_by`` within every group, and the bold best value, the
+    baseline and the Wilcoxon test are taken within each group.
+    """
     convention, hd_unit = check_single_convention(runs)
     for metric in [*metrics, organ_metric]:
         if metric not in HIGHER_IS_BETTER:
             raise ReportError(f"unknown metric {metric!r}; choose from {', '.join(HIGHER_IS_BETTER)}")
     if mean_over not in ("all", "shown"):
         raise ReportError(f"--mean-over must be 'all' or 'shown', got {mean_over!r}")
+    if column_group is not None and column_group in group_by:
+        raise ReportError(f"--column-group {column_group} is also a --group-by key; a key makes rows or "
+                          "column groups, not both")
 
     def scale(metric: str) -> float:
         return 100.0 if percent and metric in FRACTION_METRICS else 1.0
@@ -164,46 +195,66 @@ def build_table(runs: Sequence[Run], group_by: Sequence[str], organs: Sequence[s
             return " (%)" if percent else ""
         return f" ({hd_unit})"
 
-    columns = [Column(f"mean_{m}", f"{METRIC_LABELS[m]}{unit(m)}", m, None, scale(m)) for m in metrics]
-    for organ in organs:
-        header = organ if organ_metric == "dsc" else f"{organ} {METRIC_LABELS[organ_metric]}"
-        columns.append(Column(f"{organ_metric}_{organ}", header, organ_metric, organ, scale(organ_metric)))
+    # column groups: the values of column_group in order of first appearance (None: one group, no prefix)
+    run_group: dict[int, str | None] = {}
+    groups: list[str | None] = [None]
+    if column_group is not None:
+        for run in runs:
+            value = get_key(run, column_group)
+            run_group[id(run)] = "-" if is_missing(value) else format_value(column_group, value)
+        groups = list(dict.fromkeys(run_group[id(r)] for r in runs)) or [None]
+
+    columns: list[Column] = []
+    for g in groups:
+        prefix = "" if g is None else f"{g}/"
+        columns += [Column(f"{prefix}mean_{m}", f"{METRIC_LABELS[m]}{unit(m)}", m, None, scale(m), g)
+                    for m in metrics]
+        for organ in organs:
+            header = organ if organ_metric == "dsc" else f"{organ} {METRIC_LABELS[organ_metric]}"
+            columns.append(Column(f"{prefix}{organ_metric}_{organ}", header, organ_metric, organ,
+                                  scale(organ_metric), g))
 
     # rows: groups in order of first appearance; a group's successful runs make one row,
     # each failed job of the group one more row
-    groups: dict[tuple, list[Run]] = {}
+    row_groups: dict[tuple, list[Run]] = {}
     group_values: dict[tuple, list[Any]] = {}
     for run in runs:
         values = [get_key(run, k) for k in group_by]
         ident = tuple(hashable(v) if not is_missing(v) else "<missing>" for v in values)
-        groups.setdefault(ident, []).append(run)
+        row_groups.setdefault(ident, []).append(run)
         group_values.setdefault(ident, values)
     mean_organs = list(organs) if mean_over == "shown" else None
     rows: list[Row] = []
-    for ident, members in groups.items():
+    for ident, members in row_groups.items():
         values = group_values[ident]
         label = group_label(group_by, values)
         group = {k: (None if is_missing(v) else v) for k, v in zip(group_by, values)}
         ok = [r for r in members if not r.failed]
         if ok:
             row = Row(label, group, ok)
-            for run in ok:
-                for metric in {c.metric for c in columns}:
-                    per_organ = organ_means(run, metric)
-                    for col in columns:
-                        if col.metric != metric:
-                            continue
-                        value = (mean_over_organs(per_organ, mean_organs) if col.organ is None
-                                 else per_organ.get(col.organ, float("nan")))
-                        row.values.setdefault(col.key, []).append(value * col.scale)
-            diff = differing_keys(ok)
-            if diff:
-                warn(f"row {label!r} averages runs whose configs differ in {', '.join(diff[:5])}"
-                     f"{' ...' if len(diff) > 5 else ''}; add --group-by for the key(s) that matter")
+            for g in groups:
+                mine = [r for r in ok if run_group.get(id(r)) == g]
+                row.group_runs[g] = mine
+                for run in mine:
+                    for metric in {c.metric for c in columns}:
+                        per_organ = organ_means(run, metric)
+                        for col in columns:
+                            if col.metric != metric or col.group != g:
+                                continue
+                            value = (mean_over_organs(per_organ, mean_organs) if col.organ is None
+                                     else per_organ.get(col.organ, float("nan")))
+                            row.values.setdefault(col.key, []).append(value * col.scale)
+                diff = [k for k in differing_keys(mine) if column_group is None or k != column_group]
+                if diff:
+                    where = "" if g is None else f" in column group {g!r}"
+                    warn(f"row {label!r}{where} averages runs whose configs differ in {', '.join(diff[:5])}"
+                         f"{' ...' if len(diff) > 5 else ''}; add --group-by for the key(s) that matter")
             rows.append(row)
         for run in members:
             if run.failed:
-                rows.append(Row(label, group, [run], error=run.error))
+                failed = Row(label if column_group is None else f"{label} [{run_group[id(run)]}]", group, [run],
+                             error=run.error)
+                rows.append(failed)
 
     if baseline is not None:
         base_rows = [r for r in rows if r.label == baseline and r.error is None]
@@ -212,17 +263,29 @@ def build_table(runs: Sequence[Run], group_by: Sequence[str], organs: Sequence[s
             raise ReportError(f"baseline {baseline!r} is not a row label; rows: {labels}")
         base = base_rows[0]
         base.is_baseline = True
-        base_cases = group_case_means(base.runs, mean_organs)
+        for g in groups:  # the test pairs cases within one column group (the same dataset's cases)
+            base_runs = base.group_runs.get(g) or []
+            base_cases = group_case_means(base_runs, mean_organs) if base_runs else None
+            for row in rows:
+                if row.error is not None:
+                    continue
+                if row is base:
+                    row.p_values[g] = None
+                    row.pairs[g] = 0 if base_cases is None else int(base_cases.notna().sum())
+                elif base_cases is None or not row.group_runs.get(g):
+                    row.p_values[g], row.pairs[g] = float("nan"), 0
+                else:
+                    row.p_values[g], row.pairs[g] = _paired_wilcoxon(
+                        group_case_means(row.group_runs[g], mean_organs), base_cases)
         for row in rows:
-            if row.error is None and row is not base:
-                row.p_value, row.n_pairs = _paired_wilcoxon(group_case_means(row.runs, mean_organs), base_cases)
-        base.n_pairs = int(base_cases.notna().sum())
+            if row.error is None and len(groups) == 1:
+                row.p_value, row.n_pairs = row.p_values.get(groups[0]), row.pairs.get(groups[0], 0)
 
     n_mean_organs = len(organs) if mean_over == "shown" else len(
         {o for r in runs if not r.failed for o in r.organs})
     table = Table(columns, rows, list(group_by), convention, _convention_description(runs, convention), hd_unit,
                   percent, f"the {n_mean_organs} organs shown" if mean_over == "shown"
-                  else f"all {n_mean_organs} organs", baseline)
+                  else f"all {n_mean_organs} organs", baseline, column_group=column_group, groups=groups)
     table.caption = default_caption(table)
     return table
 
@@ -231,14 +294,19 @@ def default_caption(table: Table) -> str:
     conv = table.convention or "unknown (no successful run)"
     parts = [f"Metric convention: {conv}; HD in {table.hd_unit}; DSC "
              + ("in %." if table.percent else "as a fraction.")]
-    ns = sorted({len(r.runs) for r in table.rows if r.error is None})
+    if table.column_group is not None:
+        parts.append(f"Column groups: {table.column_group} = {', '.join(str(g) for g in table.groups)}.")
+    ns = sorted({len(r.group_runs.get(g, [])) if r.group_runs else len(r.runs)
+                 for r in table.rows if r.error is None for g in table.groups} - {0})
     if ns and ns != [1]:
         n_text = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-        parts.append(f"Mean ± sample std (ddof=1) over the {n_text} runs of each row.")
+        where = " in each column group" if table.column_group is not None else ""
+        parts.append(f"Mean ± sample std (ddof=1) over the {n_text} runs of each row{where}.")
     parts.append(f"Means: over cases per organ (excluded cases dropped), then over {table.mean_organs}.")
     if table.baseline is not None:
-        parts.append(f"p: two-sided paired Wilcoxon signed-rank test vs {table.baseline} on per-case mean DSC "
-                     "(seeds averaged per case).")
+        within = " within each column group" if table.column_group is not None else ""
+        parts.append(f"p: two-sided paired Wilcoxon signed-rank test vs {table.baseline}{within} on per-case "
+                     "mean DSC (seeds averaged per case).")
     return " ".join(parts)
 
 
@@ -298,36 +366,62 @@ def _failed_text(row: Row) -> str:
     return f"failed: {message} ({row.runs[0].name})"
 
 
+def _p_text(row: Row, group: str | None) -> str:
+    if row.is_baseline:
+        return "ref"
+    return _fmt_p(row.p_values.get(group, row.p_value) if row.p_values else row.p_value)
+
+
+def _body_cells(table: Table, row: Row, dec: dict[str, int], best: dict[str, str | None], std: bool, bold,
+                pm: str, p_text) -> list[str]:
+    """A successful row's cells after Method and n: each column group's columns, then its p."""
+    cells = _cells(table, row, dec, best, std, bold, pm)
+    by_key = {c.key: text for c, text in zip(table.columns, cells)}
+    out = []
+    for g in table.groups:
+        out += [by_key[c.key] for c in table.group_columns(g)]
+        if table.baseline is not None:
+            out.append(p_text(_p_text(row, g)))
+    return out
+
+
 def render_markdown(table: Table, decimals: int | None = None, std: bool = True) -> str:
+    """A Markdown table; with column groups, a first header row names each group over its columns
+    (a second row, the first of the body, names the columns)."""
     dec = {c.key: default_decimals(c) if decimals is None else decimals for c in table.columns}
     best = {c.key: _best(table, c, dec[c.key]) for c in table.columns}
     esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    header = ["Method", "n", *[esc(c.header) for c in table.columns]]
     has_p = table.baseline is not None
-    if has_p:
-        header.append(f"p vs {esc(table.baseline)}")
+    header = ["Method", "n"]
+    group_header = ["", ""]
+    for g in table.groups:
+        names = [esc(c.header) for c in table.group_columns(g)] + ([f"p vs {esc(table.baseline)}"] if has_p else [])
+        header += names
+        group_header += [f"**{esc(g)}**"] + [""] * (len(names) - 1)
     lines = [f"*{table.caption}*", ""]
     if table.convention_description:
         lines[1:1] = ["", f"*Convention {_describe(table)}*"]
-    lines += ["| " + " | ".join(header) + " |",
-              "|" + "|".join([":---", "---:"] + ["---:"] * (len(header) - 2)) + "|"]
+    align = "|" + "|".join([":---", "---:"] + ["---:"] * (len(header) - 2)) + "|"
+    if table.column_group is not None:
+        lines += ["| " + " | ".join(group_header) + " |", align, "| " + " | ".join(header) + " |"]
+    else:
+        lines += ["| " + " | ".join(header) + " |", align]
     for row in table.rows:
         if row.error is not None:
-            cells = [esc(row.label), "0", esc(_failed_text(row))] + [""] * (len(table.columns) - 1)
-            if has_p:
-                cells.append("")
+            cells = [esc(row.label), "0", esc(_failed_text(row))] + [""] * (len(header) - 3)
         else:
-            cells = [esc(row.label), str(len(row.runs)),
-                     *_cells(table, row, dec, best, std, lambda s: f"**{s}**", "±")]
-            if has_p:
-                cells.append("ref" if row.is_baseline else _fmt_p(row.p_value))
+            cells = [esc(row.label), row.n_text(table.groups),
+                     *_body_cells(table, row, dec, best, std, lambda s: f"**{s}**", "±", lambda t: t)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def render_csv(table: Table) -> str:
-    """Full-precision numbers (DSC scaled as in the table); every row states convention and units."""
+    """Full-precision numbers (DSC scaled as in the table); every row states convention and units. With
+    column groups, each column's name starts with its group (``synapse/mean_dsc``), as do the group's
+    ``n_runs``, ``p_value`` and ``n_pairs``."""
     records = []
+    grouped = table.column_group is not None
     for row in table.rows:
         rec: dict[str, Any] = {"label": row.label}
         for key in table.group_by:
@@ -337,13 +431,20 @@ def render_csv(table: Table) -> str:
                    n_runs=0 if row.error is not None else len(row.runs),
                    runs=";".join(str(r.path) for r in row.runs), convention=table.convention,
                    hd_unit=table.hd_unit, dsc_unit="%" if table.percent else "fraction")
-        for col in table.columns:
-            rec[col.key] = row.mean(col.key) if row.error is None else float("nan")
-            rec[f"{col.key}_std"] = row.std(col.key) if row.error is None else float("nan")
-        if table.baseline is not None:
-            rec["baseline"] = table.baseline
-            rec["p_value"] = float("nan") if row.p_value is None else row.p_value
-            rec["n_pairs"] = row.n_pairs
+        if grouped:
+            rec["column_group"] = table.column_group
+        for g in table.groups:
+            prefix = "" if g is None else f"{g}/"
+            if grouped:
+                rec[f"{prefix}n_runs"] = 0 if row.error is not None else len(row.group_runs.get(g, []))
+            for col in table.group_columns(g):
+                rec[col.key] = row.mean(col.key) if row.error is None else float("nan")
+                rec[f"{col.key}_std"] = row.std(col.key) if row.error is None else float("nan")
+            if table.baseline is not None:
+                rec[f"{prefix}baseline"] = table.baseline
+                p = row.p_values.get(g, row.p_value) if row.p_values else row.p_value
+                rec[f"{prefix}p_value"] = float("nan") if p is None else p
+                rec[f"{prefix}n_pairs"] = row.pairs.get(g, row.n_pairs) if row.pairs else row.n_pairs
         records.append(rec)
     buf = io.StringIO()
     pd.DataFrame.from_records(records).to_csv(buf, index=False)
@@ -360,29 +461,37 @@ def tex_escape(text: str) -> str:
 
 def render_latex(table: Table, decimals: int | None = None, std: bool = True, label: str = "tab:segbench") -> str:
     """A booktabs ``table`` environment with the Markdown table's columns (``n``: runs per row); a
-    column's best value in bold when one row alone has it."""
+    column's best value in bold when one row alone has it. Column groups: a ``\\multicolumn`` header
+    per group over its columns, underlined by a ``\\cmidrule``."""
     dec = {c.key: default_decimals(c) if decimals is None else decimals for c in table.columns}
     best = {c.key: _best(table, c, dec[c.key]) for c in table.columns}
     has_p = table.baseline is not None
-    ncols = 2 + len(table.columns) + int(has_p)
-    header = ["Method", "$n$", *[tex_escape(c.header) for c in table.columns]]
-    if has_p:
-        header.append(f"$p$ vs {tex_escape(table.baseline)}")
+    header = ["Method", "$n$"]
+    spans = []  # (group, first column, last column), 1-based
+    for g in table.groups:
+        names = [tex_escape(c.header) for c in table.group_columns(g)]
+        if has_p:
+            names.append(f"$p$ vs {tex_escape(table.baseline)}")
+        spans.append((g, len(header) + 1, len(header) + len(names)))
+        header += names
+    ncols = len(header)
     lines = ["% generated by segbench-table; needs \\usepackage{booktabs}",
              f"% convention {tex_escape(_describe(table))}",
              "\\begin{table}[t]", "\\centering",
              f"\\caption{{{tex_escape(table.caption)}}}", f"\\label{{{label}}}",
-             "\\begin{tabular}{l" + "r" * (ncols - 1) + "}", "\\toprule",
-             " & ".join(header) + " \\\\", "\\midrule"]
+             "\\begin{tabular}{l" + "r" * (ncols - 1) + "}", "\\toprule"]
+    if table.column_group is not None:
+        lines.append("& & " + " & ".join(f"\\multicolumn{{{b - a + 1}}}{{c}}{{{tex_escape(g)}}}"
+                                         for g, a, b in spans) + " \\\\")
+        lines.append(" ".join(f"\\cmidrule(lr){{{a}-{b}}}" for _, a, b in spans))
+    lines += [" & ".join(header) + " \\\\", "\\midrule"]
     for row in table.rows:
         if row.error is not None:
             lines.append(f"{tex_escape(row.label)} & 0 & \\multicolumn{{{ncols - 2}}}{{l}}"
                          f"{{{tex_escape(_failed_text(row))}}} \\\\")
             continue
-        cells = [tex_escape(row.label), str(len(row.runs)),
-                 *_cells(table, row, dec, best, std, lambda s: f"\\textbf{{{s}}}", "$\\pm$")]
-        if has_p:
-            cells.append("ref" if row.is_baseline else tex_escape(_fmt_p(row.p_value)))
+        cells = [tex_escape(row.label), row.n_text(table.groups),
+                 *_body_cells(table, row, dec, best, std, lambda s: f"\\textbf{{{s}}}", "$\\pm$", tex_escape)]
         lines.append(" & ".join(cells) + " \\\\")
     lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
     return "\n".join(lines) + "\n"
@@ -404,6 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n"
                "  segbench-table outputs/multirun/<date> --group-by loss.name --baseline ce_dice --percent\n"
+               "  segbench-table outputs/table3_uncertainty/<date> --group-by loss.uncertainty \\\n"
+               "      --column-group data.name --organs none --percent           # a group per dataset\n"
                "  segbench-table outputs/multirun/<date> --group-by loss.name --group-by loss.gamma \\\n"
                "      --organs paper-table1 --metric dsc,hd95 --out reports/table1\n"
                "exit status: 0 ok (failed jobs are listed as rows), 2 unusable input (one-line error)")
@@ -416,7 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--organs", default=None, metavar="LIST",
                         help="per-organ columns in this order: comma list, or a preset: "
                              + ", ".join(f"{k} ({','.join(v)})" for k, v in ORGAN_PRESETS.items())
-                             + "; default: every organ in the order of the summaries")
+                             + "; none: no per-organ column; default: every organ in the order of the summaries")
+    parser.add_argument("--column-group", default=None, metavar="KEY",
+                        help="dotted config key (e.g. data.name) whose values become column groups side by "
+                             "side, each with the same columns (the paper's Tables 3-5: one group per dataset); "
+                             "best values, --baseline and its test are taken within each group")
     parser.add_argument("--metric", default="dsc,hd95", metavar="LIST",
                         help="mean-over-organs columns, from dsc, hd95, hd, assd, nsd (default dsc,hd95)")
     parser.add_argument("--organ-metric", default="dsc", choices=sorted(HIGHER_IS_BETTER),
@@ -432,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="decimals shown (default 2; 3 for DSC as a fraction)")
     parser.add_argument("--no-std", action="store_true", help="show the mean only, not ± std")
     parser.add_argument("--convention", default=None,
-                        help="keep only runs of this metric convention (runs of different conventions are "
-                             "otherwise refused)")
+                        help="show the rows of this metric convention (every run scores default and "
+                             "transunet); default: each run's metrics.report_convention (transunet for the "
+                             "Synapse paper tables), else its metrics.convention; runs whose defaults differ "
+                             "are refused (pass --convention)")
     parser.add_argument("--caption", default=None, help="replace the generated caption")
     parser.add_argument("--label", default="tab:segbench", help="LaTeX \\label (default tab:segbench)")
     parser.add_argument("--out", default="outputs/report", metavar="DIR",
@@ -451,7 +568,7 @@ def make_table(args: argparse.Namespace, warn) -> Table:
         warn(f"{len(failed)} failed job(s) listed as failed rows: " + ", ".join(str(r.path) for r in failed))
     organs = resolve_organs(args.organs, runs)
     table = build_table(runs, args.group_by or ["loss.name"], organs, _split(args.metric), args.organ_metric,
-                        args.baseline, args.percent, args.mean_over, warn=warn)
+                        args.baseline, args.percent, args.mean_over, warn=warn, column_group=args.column_group)
     if args.caption:
         table.caption = args.caption
     return table

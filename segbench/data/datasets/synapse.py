@@ -11,9 +11,11 @@ spleen, kidney_r, kidney_l, gallbladder, liver, stomach, aorta, pancreas):
   ``image``, ``label`` of shape (D, 512, 512)), listed by ``lists_Synapse/train.txt`` and
   ``test_vol.txt``. Images are already clipped to [-125, 275] HU and scaled to [0, 1], so they
   load as ``Volume.normalized`` and the HU window is skipped. These files carry no voxel
-  spacing: the source uses ``default_spacing`` (1 mm, so distances come out in voxels, like
-  TransUNet's HD95) unless the file holds a ``spacing`` entry (``scripts/prepare_synapse.py``
-  writes one). Arrays are read as (slice, row, column) = (Z, Y, X) as stored.
+  spacing: unless the file holds a ``spacing`` entry (``scripts/prepare_synapse.py`` writes one),
+  the case loads with ``Volume.spacing_known=False`` and a stand-in spacing of 1 per axis, so
+  distances count voxels, like TransUNet's HD95, and every result says "voxels", not "mm".
+  ``default_spacing`` (mm) instead declares the spacing of such files, which are then in mm.
+  Arrays are read as (slice, row, column) = (Z, Y, X) as stored.
 
 :func:`convert_btcv` (``scripts/prepare_synapse.py``) writes the second layout from the first.
 """
@@ -61,20 +63,22 @@ class SynapseSource:
         layout: ``auto`` (whichever is present, TransUNet's first), ``transunet`` or ``raw``.
         lists_dir: TransUNet's ``lists_Synapse`` folder (``train.txt``, ``test_vol.txt``); default
             ``<root>/lists_Synapse`` when it exists, else the folders are scanned.
-        default_spacing: ``[sz, sy, sx]`` mm for TransUNet files without a ``spacing`` entry.
+        default_spacing: ``[sz, sy, sx]`` mm of TransUNet files without a ``spacing`` entry, when you know
+            it; ``None`` (default): unknown, distances in voxels (``Volume.spacing_known=False``).
         num_classes: 9 (background + 8 organs).
     """
 
     def __init__(self, root: str | Path, layout: str = "auto", lists_dir: str | Path | None = None,
-                 default_spacing: Sequence[float] = (1.0, 1.0, 1.0), num_classes: int = 9):
+                 default_spacing: Sequence[float] | None = None, num_classes: int = 9):
         if layout not in ("auto", "transunet", "raw"):
             raise ConfigError(f"data.source.layout must be auto, transunet or raw, got {layout!r}")
-        if len(default_spacing) != 3 or min(float(s) for s in default_spacing) <= 0:
+        if default_spacing is not None and (len(default_spacing) != 3
+                                            or min(float(s) for s in default_spacing) <= 0):
             raise ConfigError(f"data.source.default_spacing must be 3 positive numbers, got {list(default_spacing)}")
         self.root = Path(root)
         self.layout = layout
         self.lists_dir = None if lists_dir is None else Path(lists_dir)
-        self.default_spacing = tuple(float(s) for s in default_spacing)
+        self.default_spacing = None if default_spacing is None else tuple(float(s) for s in default_spacing)
         self.num_classes = int(num_classes)
         self._slices: dict[str, list[Path]] = {}
         self._warned_spacing = False
@@ -170,17 +174,22 @@ class SynapseSource:
             image, label, spacing = self._read_npz_slices(ref.case_id)
         check_label_values(label, range(self.num_classes), ref.label or ref.image,
                            f"the Synapse classes 0..{self.num_classes - 1}")
+        spacing_known = spacing is not None or self.default_spacing is not None
         if spacing is None:
-            spacing = self.default_spacing
+            spacing = self.default_spacing or (1.0, 1.0, 1.0)
             if not self._warned_spacing:
-                log.info("Synapse (TransUNet layout): the files carry no voxel spacing; using "
-                         "data.source.default_spacing=%s mm (distances then count voxels, like TransUNet)", spacing)
+                if spacing_known:
+                    log.info("Synapse (TransUNet layout): the files carry no voxel spacing; using "
+                             "data.source.default_spacing=%s mm", list(spacing))
+                else:
+                    log.info("Synapse (TransUNet layout): the files carry no voxel spacing; distances are in "
+                             "voxels, as TransUNet's (data.source.default_spacing=[sz,sy,sx] declares it in mm)")
                 self._warned_spacing = True
         sz, sy, sx = spacing
         # the arrays are as TransUNet stored them, rows to posterior, columns to patient left: the canonical
         # orientation (segbench.data.volume.CANONICAL), which this affine states
         return Volume(ref.case_id, image, label.astype(np.uint8), (sz, sy, sx), np.diag([-sx, -sy, sz, 1.0]),
-                      normalized=True)
+                      normalized=True, spacing_known=spacing_known)
 
     def _checked_image(self, image: np.ndarray, path: Path) -> np.ndarray:
         image = np.asarray(image, dtype=np.float32)
