@@ -112,6 +112,7 @@ def training_fingerprint(overrides: list[str]) -> str:
     plain = OmegaConf.to_container(cfg, resolve=False)
     for key in NOT_TRAINING:
         plain.pop(key, None)
+    plain.get("metrics", {}).pop("report_convention", None)  # what segbench-table shows by default
     return hashlib.sha256(json.dumps(plain, sort_keys=True, default=str).encode()).hexdigest()
 
 
