@@ -268,7 +268,7 @@ def write_document(jobs: list[Job], runs_dir: Path, train_wall_s: float, command
     curves = {loss: {s: val_curves(Path(d)) for s, d in zip(SEEDS, link_dirs(jobs, runs_dir,
                                                                               [f"table1/{loss}_seed{s}" for s in SEEDS]))}
               for loss in TABLE1_LOSSES}
-    stats = plateau_figure(curves)
+    stats = plateau_figure(curves, FIG_DIR)
     DOC.write_text(render(jobs, train_wall_s, command, t1, t1_hd, f3, stats))
     print(f"wrote {DOC.relative_to(ROOT)} and {FIG_DIR.relative_to(ROOT)}/", flush=True)
 
@@ -338,7 +338,13 @@ def render(jobs, train_wall_s, command, t1, t1_hd, f3, stats) -> str:
         f"{base['best_epoch']}). " + ", ".join(f"{k}: {v['last_quarter']:.2f} % ({v['last_quarter'] - v['quarter_before']:+.2f})"
                                             for k, v in stats.items() if k != BASELINE) + ". "
         "The learning rate decays to 0 at the last epoch (poly), so the last epochs change the weights little by "
-        "construction; the curve shows whether the network had stopped improving before that.",
+        "construction; the curve shows whether the network had stopped improving before that. "
+        + (f"**Verdict: plateaued** (CE + Dice gained less than {PLATEAU_POINTS} point over the last quarter)."
+           if gain < PLATEAU_POINTS else
+           f"**Verdict: not plateaued.** CE + Dice still gained {gain:.1f} points over the last quarter (criterion: "
+           f"< {PLATEAU_POINTS} point), so at this budget the losses are compared before they have converged, which "
+           "favours the losses that learn fastest; a longer budget (more epochs, or a larger learning rate) is needed "
+           "before these rows can rank the losses."),
         "",
         "## What the phantom can and cannot say",
         "",
@@ -366,6 +372,9 @@ PARAGRAPH = (
     "the paper."
 )
 PARALLEL = 2
+#: CE + Dice has plateaued when its mean validation DSC over the last quarter of the epochs is less than this
+#: many points above the quarter before
+PLATEAU_POINTS = 1.0
 CONTENTION_NOTE = ("The wall time is longer than that because other work (tests of the project) shared the two "
                    "cores while this document was made; the runs' numbers do not depend on it (one thread each, "
                    "deterministic).")
