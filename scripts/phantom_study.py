@@ -181,13 +181,14 @@ def run_report(args: list[str]) -> str:
     return proc.stdout
 
 
-def link_dirs(jobs: list[Job], runs_dir: Path, wanted: list[str]) -> list[str]:
-    """The run directories of the study entries ``wanted`` (a run shared by two entries is listed once)."""
-    dirs = []
-    for job in jobs:
-        if any(n in wanted for n in job.names):
-            dirs.append(str(job.run_dir(runs_dir)))
-    return dirs
+def entry_dirs(jobs: list[Job], runs_dir: Path) -> dict[str, Path]:
+    """The run directory of every study entry (two entries may share one run)."""
+    return {name: job.run_dir(runs_dir) for job in jobs for name in job.names}
+
+
+def link_dirs(dirs: dict[str, Path], wanted: list[str]) -> list[str]:
+    """The run directories of the study entries ``wanted``, each once, in order."""
+    return list(dict.fromkeys(str(dirs[name]) for name in wanted))
 
 
 def val_curves(run_dir: Path) -> list[tuple[int, float]]:
@@ -248,13 +249,14 @@ def plateau_figure(curves: dict[str, dict[int, list[tuple[int, float]]]], out: P
     return stats
 
 
-def write_document(jobs: list[Job], runs_dir: Path, train_wall_s: float, command: str) -> None:
+def write_document(jobs: list[Job], runs_dir: Path, train_wall_s: float, parallel: int, command: str) -> None:
     FIG_DIR.mkdir(parents=True, exist_ok=True)
     table1 = [f"table1/{loss}_seed{s}" for loss in TABLE1_LOSSES for s in SEEDS]
     fig3 = [f"fig3/gamma{g}_seed{s}" for g in GAMMAS for s in SEEDS]
-    t1_dirs = link_dirs(jobs, runs_dir, table1)
-    f3_dirs = link_dirs(jobs, runs_dir, fig3)
-    base_dirs = link_dirs(jobs, runs_dir, [f"table1/{BASELINE}_seed{s}" for s in SEEDS])
+    dirs = entry_dirs(jobs, runs_dir)
+    t1_dirs = link_dirs(dirs, table1)
+    f3_dirs = link_dirs(dirs, fig3)
+    base_dirs = link_dirs(dirs, [f"table1/{BASELINE}_seed{s}" for s in SEEDS])
     common = ["--convention", "default", "--percent"]
     t1 = run_report(["segbench.report.table", *t1_dirs, "--group-by", "loss.name", "--baseline", BASELINE,
                      "--organs", "paper-table1", *common, "--out", str(FIG_DIR / "table1")])
@@ -265,15 +267,13 @@ def write_document(jobs: list[Job], runs_dir: Path, train_wall_s: float, command
                      "loss.gamma", "--baseline", BASELINE, *common, "--out", str(FIG_DIR / "fig3")])
     run_report(["segbench.report.figures", "gamma", *f3_dirs, "--key", "loss.gamma", "--per-organ", *common,
                 "--out", str(FIG_DIR), "--name", "fig3_gamma"])
-    curves = {loss: {s: val_curves(Path(d)) for s, d in zip(SEEDS, link_dirs(jobs, runs_dir,
-                                                                              [f"table1/{loss}_seed{s}" for s in SEEDS]))}
-              for loss in TABLE1_LOSSES}
+    curves = {loss: {s: val_curves(dirs[f"table1/{loss}_seed{s}"]) for s in SEEDS} for loss in TABLE1_LOSSES}
     stats = plateau_figure(curves, FIG_DIR)
-    DOC.write_text(render(jobs, train_wall_s, command, t1, t1_hd, f3, stats))
+    DOC.write_text(render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats))
     print(f"wrote {DOC.relative_to(ROOT)} and {FIG_DIR.relative_to(ROOT)}/", flush=True)
 
 
-def render(jobs, train_wall_s, command, t1, t1_hd, f3, stats) -> str:
+def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats) -> str:
     import torch
 
     shared = [j for j in jobs if len(j.names) > 1]
@@ -304,10 +304,10 @@ def render(jobs, train_wall_s, command, t1, t1_hd, f3, stats) -> str:
         "```",
         "",
         f"- **Machine:** {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"one thread per run, {PARALLEL} runs at a time.",
+        f"one thread per run, {parallel} runs at a time.",
         f"- **Wall time:** {train_wall_s / 60:.1f} min to train and test the {len(jobs)} runs. Their processes "
-        f"used {cpu_s / 60:.0f} CPU minutes (user + system), {cpu_s / 60 / PARALLEL:.0f} min of {PARALLEL} cores: "
-        "what the command takes when nothing else runs. " + (CONTENTION_NOTE if train_wall_s > 1.1 * cpu_s / PARALLEL else ""),
+        f"used {cpu_s / 60:.0f} CPU minutes (user + system), {cpu_s / 60 / parallel:.0f} min of {parallel} cores: "
+        "what the command takes when nothing else runs. " + (CONTENTION_NOTE if train_wall_s > 1.1 * cpu_s / parallel else ""),
         "- **Metrics:** the `default` convention (HD95 in mm on the phantom's known spacing: the maximum of the two "
         "directed 95th percentiles, worst case for an organ missed entirely). The Synapse tables' `transunet` "
         "convention reports voxels; on a phantom with known spacing mm are the meaningful unit. DSC in percent, "
@@ -371,7 +371,6 @@ PARAGRAPH = (
     "Read these tables as a check that the pipeline and the losses behave, not as evidence for or against "
     "the paper."
 )
-PARALLEL = 2
 #: CE + Dice has plateaued when its mean validation DSC over the last quarter of the epochs is less than this
 #: many points above the quarter before
 PLATEAU_POINTS = 1.0
@@ -381,7 +380,6 @@ CONTENTION_NOTE = ("The wall time is longer than that because other work (tests 
 
 
 def main(argv: list[str] | None = None) -> int:
-    global PARALLEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "outputs" / "phantom_study",
                         help="where the runs go (default outputs/phantom_study)")
@@ -391,7 +389,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="train only; do not write docs/phantom_study.md")
     parser.add_argument("--list", action="store_true", help="print the runs and exit")
     args = parser.parse_args(argv)
-    PARALLEL = args.jobs
     jobs = plan()
     if args.list:
         for job in jobs:
@@ -410,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.only:
         state = json.loads(state_file.read_text()) if (args.reuse and state_file.is_file()) else {}
         if any(j.wall_s is not None for j in selected):   # something was trained: this is the study's time
-            state = {"train_wall_s": wall, "run_wall_s": {j.key: j.wall_s for j in selected},
+            state = {"train_wall_s": wall, "jobs": args.jobs, "run_wall_s": {j.key: j.wall_s for j in selected},
                      "run_cpu_s": {j.key: j.cpu_s for j in selected}}
         runs_dir.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(state, indent=2))
@@ -418,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             job.wall_s = state.get("run_wall_s", {}).get(job.key)
             job.cpu_s = state.get("run_cpu_s", {}).get(job.key)
         if not args.no_doc:
-            write_document(jobs, runs_dir, state.get("train_wall_s", wall), "python scripts/phantom_study.py")
+            write_document(jobs, runs_dir, state.get("train_wall_s", wall), state.get("jobs", args.jobs),
+                           "python scripts/phantom_study.py")
     return 0
 
 
