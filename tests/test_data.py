@@ -157,3 +157,38 @@ def test_3d_on_a_2d_data_config_points_to_the_3d_configs(blob_dataset):
 
     with pytest.raises(ConfigError, match="use data=phantom3d or data=abdomenct1k3d instead of data=phantom"):
         make_dm(blob_dataset, spatial_dims=3, name="phantom")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_augmentation_runs_untracked_and_equals_monai_compose_bit_for_bit(dims):
+    """The training transforms run with MONAI's MetaTensor tracking off (the speed-up of UntrackedCompose): the
+    same random states must give exactly what MONAI's own Compose gives, as plain tensors, and leave MONAI's
+    global tracking flag as it was."""
+    from monai.data import MetaTensor, get_track_meta
+    from monai.transforms import Compose
+
+    from segbench.data.datamodule import build_augmentation
+    from segbench.data.datamodule3d import crop_transform
+
+    aug = {"flip_prob": 0.5, "rotate_prob": 0.5, "rotate_range_deg": 30}
+    rng = np.random.default_rng(dims)
+    shape = (1, 24, 24) if dims == 2 else (1, 10, 20, 20)
+    samples = [{"image": torch.from_numpy(rng.random(shape, dtype=np.float32)),
+                "label": torch.from_numpy(rng.integers(0, 4, shape).astype(np.float32))} for _ in range(24)]
+    fast = build_augmentation(aug, spatial_dims=dims)
+    pipelines = [fast] + ([crop_transform((8, 12, 12), 0.7)] if dims == 3 else [])
+    for ours in pipelines:
+        reference = Compose(list(ours.transforms))   # the same transform objects, MONAI's tracking on
+        outputs = {}
+        for name, pipeline in (("ours", ours), ("monai", reference)):
+            pipeline.set_random_state(seed=7)
+            outputs[name] = [pipeline(dict(s)) for s in samples]
+        assert get_track_meta()   # restored after every call
+        for a, b in zip(outputs["ours"], outputs["monai"]):
+            a, b = (a[0], b[0]) if isinstance(a, list) else (a, b)   # the crop returns a list of one patch
+            for key in ("image", "label"):
+                assert type(a[key]) is torch.Tensor and isinstance(b[key], MetaTensor)
+                assert torch.equal(a[key], b[key].as_tensor())
+        if ours is fast:   # the random draws were made: some samples were flipped or rotated, some not
+            changed = [not torch.equal(o["image"], s["image"]) for o, s in zip(outputs["ours"], samples)]
+            assert any(changed) and not all(changed)

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from monai.data import get_track_meta, set_track_meta
+from monai.transforms import Compose
 from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -54,13 +56,27 @@ def resize_slices(slices: np.ndarray, size: int, is_label: bool) -> np.ndarray:
     return np.clip(np.asarray(resize(torch.from_numpy(slices))), 0.0, 1.0).astype(np.float32)
 
 
+class UntrackedCompose(Compose):
+    """A MONAI ``Compose`` that runs its transforms on plain tensors (MONAI's ``track_meta`` off while it
+    runs): the same outputs, bit for bit, from the same random states, without the per-op MetaTensor
+    bookkeeping that makes a random rotation of a 64 x 64 slice take ~3x as long."""
+
+    def __call__(self, input_, *args, **kwargs):
+        previous = get_track_meta()
+        set_track_meta(False)
+        try:
+            return super().__call__(input_, *args, **kwargs)
+        finally:
+            set_track_meta(previous)
+
+
 def build_augmentation(augment: dict[str, float], spatial_dims: int):
     """MONAI flips (every spatial axis) and an in-plane rotation from ``data.augment``; None when all off.
 
     ``augment = {flip_prob, rotate_prob, rotate_range_deg}``. In 3D (Z, Y, X) ``range_x`` rotates
     about the first spatial axis (Z), i.e. in the axial (Y, X) plane, as in 2D.
     """
-    from monai.transforms import Compose, RandFlipd, RandRotated
+    from monai.transforms import RandFlipd, RandRotated
 
     flip = float(augment.get("flip_prob", 0.0))
     rot = float(augment.get("rotate_prob", 0.0))
@@ -74,7 +90,7 @@ def build_augmentation(augment: dict[str, float], spatial_dims: int):
     if rot > 0 and deg > 0:
         steps.append(RandRotated(["image", "label"], range_x=math.radians(deg), prob=rot,
                                  mode=("bilinear", "nearest"), padding_mode="zeros"))
-    return Compose(steps) if steps else None
+    return UntrackedCompose(steps) if steps else None
 
 
 @dataclass

@@ -32,7 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .datamodule import CaseDataModule, build_augmentation, first_item, label_ids_of, with_loss_maps
+from .datamodule import (CaseDataModule, build_augmentation, first_item, label_ids_of, UntrackedCompose,
+                         with_loss_maps)
 from .preprocess import check_target_shape, resize_volume
 from .volume import Volume
 
@@ -44,9 +45,9 @@ def _plain(x) -> torch.Tensor:
 
 def crop_transform(patch_size: Sequence[int], foreground_prob: float):
     """Pad to at least ``patch_size``, then one patch centred on foreground with ``foreground_prob``."""
-    from monai.transforms import Compose, RandCropByPosNegLabeld, SpatialPadd
+    from monai.transforms import RandCropByPosNegLabeld, SpatialPadd
 
-    return Compose([
+    return UntrackedCompose([
         SpatialPadd(["image", "label"], spatial_size=patch_size, mode="constant"),
         RandCropByPosNegLabeld(["image", "label"], label_key="label", spatial_size=patch_size,
                                pos=foreground_prob, neg=1.0 - foreground_prob, num_samples=1),
