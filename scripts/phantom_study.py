@@ -103,18 +103,23 @@ def study_entries() -> list[tuple[str, str, list[str]]]:
     return entries
 
 
-def training_fingerprint(overrides: list[str]) -> str:
-    """Hash of the composed config without the parts that do not change training (task name, paths...)."""
+def compose_run(overrides: list[str]):
+    """The training config a study run composes: ``overrides`` plus the :data:`BUDGET`."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
 
     from segbench.config import CONFIG_DIR  # registers segbench's resolvers
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[*overrides, *BUDGET])
-    plain = OmegaConf.to_container(cfg, resolve=False)
+        return compose(config_name="train", overrides=[*overrides, *BUDGET])
+
+
+def training_fingerprint(overrides: list[str]) -> str:
+    """Hash of the composed config without the parts that do not change training (task name, paths...)."""
+    from omegaconf import OmegaConf
+
+    plain = OmegaConf.to_container(compose_run(overrides), resolve=False)
     for key in NOT_TRAINING:
         plain.pop(key, None)
     plain.get("metrics", {}).pop("report_convention", None)  # what segbench-table shows by default
@@ -158,18 +163,11 @@ def prepare_data(job: Job) -> float:
     start (every run of the study uses the same data): otherwise the first ``--jobs`` runs would each do it at
     the same time. Later runs read the cache. Returns the wall time in seconds."""
     import hydra
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from segbench.config import CONFIG_DIR
 
     start, cwd = time.perf_counter(), os.getcwd()
     os.chdir(ROOT)   # where the runs start, so ./data is theirs
     try:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[*job.overrides, *BUDGET])
-        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule = hydra.utils.instantiate(compose_run(job.overrides).data)
         datamodule.prepare_data()
         datamodule.setup("fit")
         datamodule.preflight()
@@ -178,11 +176,16 @@ def prepare_data(job: Job) -> float:
     return time.perf_counter() - start
 
 
-def run_all(jobs: list[Job], runs_dir: Path, parallel: int, reuse: bool) -> float:
-    """Train the jobs, ``parallel`` at a time, printing progress; returns the wall time in seconds."""
+def run_all(jobs: list[Job], runs_dir: Path, parallel: int, reuse: bool) -> tuple[float, float | None]:
+    """Prepare the data, then train the jobs, ``parallel`` at a time, printing progress; returns the training
+    wall time and the preparation time in seconds (None when there was nothing to train)."""
     todo = [j for j in jobs if not (reuse and finished(j.run_dir(runs_dir)))]
     if len(todo) < len(jobs):
         print(f"reusing {len(jobs) - len(todo)} finished run(s) under {runs_dir}", flush=True)
+    prepare_s = None
+    if todo:
+        prepare_s = prepare_data(todo[0])
+        print(f"data prepared in {prepare_s:.0f} s", flush=True)
     start = time.perf_counter()
     done = 0
 
@@ -200,7 +203,7 @@ def run_all(jobs: list[Job], runs_dir: Path, parallel: int, reuse: bool) -> floa
 
     with ThreadPoolExecutor(max_workers=parallel) as pool:
         list(pool.map(one, todo))  # re-raises the first failure
-    return time.perf_counter() - start
+    return time.perf_counter() - start, prepare_s
 
 
 # ----------------------------------------------------------------------------------------------- the document
@@ -314,6 +317,7 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
     base = stats[BASELINE]
     gain = base["last_quarter"] - base["quarter_before"]
     lift = base["last_quarter"] - base["best_before"]
+    n_test = budget_value("data.split.test")
     budget = "\n".join(f"    {o}" for o in BUDGET)
     lines = [
         "# The phantom study: Table 1 and Figure 3 of the AFW-Dice paper on segbench's phantom",
@@ -347,9 +351,9 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
         "- **Metrics:** the `default` convention (HD95 in mm on the phantom's known spacing: the maximum of the two "
         "directed 95th percentiles, worst case for an organ missed entirely). The Synapse tables' `transunet` "
         "convention reports voxels; on a phantom with known spacing mm are the meaningful unit. DSC in percent, "
-        f"mean ± sample std over the 3 seeds of the per-run means over {budget_value('data.split.test')} test cases "
-        f"and 8 organs. p: paired Wilcoxon signed-rank test against CE + Dice over the {budget_value('data.split.test')} test cases (per-case DSC mean over organs, seeds "
-        "averaged per case), two-sided.",
+        f"mean ± sample std over the 3 seeds of the per-run means over {n_test} test cases and 8 organs. p: paired "
+        f"Wilcoxon signed-rank test against CE + Dice over the {n_test} test cases (per-case DSC mean over organs, "
+        "seeds averaged per case), two-sided.",
         "",
         "## Table 1 on the phantom: DSC",
         "",
@@ -382,8 +386,8 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
         f"lucky epoch of a 2-case validation set does not count): training has plateaued when its last quarter "
         f"lifted the mean validation DSC less than {PLATEAU_POINTS} point above the best it had reached before. "
         + (f"**Verdict: plateaued** ({lift:+.2f} points)" + (
-            "; the curve still creeps up while the learning rate anneals (the quarter-against-quarter gain above), "
-            "by less than the seed-to-seed spread of the tables below." if gain >= PLATEAU_POINTS else ".")
+            "; the curve still creeps up while the learning rate anneals (the quarter-against-quarter gain above)."
+            if gain >= PLATEAU_POINTS else ".")
            if lift < PLATEAU_POINTS else
            f"**Verdict: not plateaued.** The last quarter still lifted CE + Dice {lift:.1f} points above its best "
            "before, so at this budget the losses are compared before they have converged, which favours the losses "
@@ -445,10 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         if not selected:
             parser.error(f"--only {args.only}: no such entry; see --list")
     state_file = runs_dir / "study.json"
-    prepare_s = prepare_data(selected[0])
-    print(f"data prepared in {prepare_s:.0f} s; {len(selected)} run(s) into {runs_dir}, {args.jobs} at a time",
-          flush=True)
-    wall = run_all(selected, runs_dir, args.jobs, args.reuse)
+    print(f"{len(selected)} run(s) into {runs_dir}, {args.jobs} at a time", flush=True)
+    wall, prepare_s = run_all(selected, runs_dir, args.jobs, args.reuse)
     if not args.only:
         state = json.loads(state_file.read_text()) if (args.reuse and state_file.is_file()) else {}
         if any(j.wall_s is not None for j in selected):   # something was trained: this is the study's time

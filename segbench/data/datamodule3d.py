@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .datamodule import (CaseDataModule, build_augmentation, first_item, label_ids_of, UntrackedCompose,
+from .datamodule import (CaseDataModule, UntrackedCompose, build_augmentation, first_item, label_ids_of,
                          with_loss_maps)
 from .preprocess import check_target_shape, resize_volume
 from .volume import Volume
