@@ -17,7 +17,7 @@ thread count is deterministic, so the same command gives the same numbers, file 
 The document is built from the runs' ``results/per_case.csv`` with segbench's own report tools:
 ``segbench-table`` (mean ± std over seeds, paired Wilcoxon signed-rank test against CE + Dice over the
 test cases) and ``segbench-figures gamma``; the plateau figure reads ``val/dice`` from each run's
-TensorBoard events. Not part of CI (70 min on a 2-core CPU, plus about 5 min the first time to generate the phantom).
+TensorBoard events. Not part of CI (70 min on a 2-core CPU, plus 3.4 min the first time to generate and preprocess the phantom).
 """
 
 from __future__ import annotations
