@@ -227,26 +227,30 @@ def link_dirs(dirs: dict[str, Path], wanted: list[str]) -> list[str]:
     return list(dict.fromkeys(str(dirs[name]) for name in wanted))
 
 
-def val_curves(run_dir: Path, tag: str = "val/dice") -> list[tuple[int, float]]:
-    """(epoch, value of ``tag``) from a run's TensorBoard events; ``val/dice`` is the mean foreground Dice of
-    the validation cases, ``val/dice/<organ>`` one organ's."""
+def val_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """``{tag: [(epoch, value)]}`` of a run's validation Dice tags from its TensorBoard events, read once:
+    ``val/dice`` (the mean foreground Dice of the validation cases) and ``val/dice/<organ>``."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    points: dict[int, float] = {}
+    points: dict[str, dict[int, float]] = {}
     for events in sorted((run_dir / "tensorboard").glob("events.out.tfevents.*")):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
         acc.Reload()
-        if tag not in acc.Tags().get("scalars", []):
-            continue
-        epochs = {e.step: e.value for e in acc.Scalars("epoch")} if "epoch" in acc.Tags()["scalars"] else {}
-        for ev in acc.Scalars(tag):
-            points[int(round(epochs.get(ev.step, len(points))))] = float(ev.value)
-    return sorted(points.items())
+        scalars = acc.Tags().get("scalars", [])
+        epochs = {e.step: e.value for e in acc.Scalars("epoch")} if "epoch" in scalars else {}
+        for tag in scalars:
+            if tag == "val/dice" or tag.startswith("val/dice/"):
+                per_epoch = points.setdefault(tag, {})
+                for ev in acc.Scalars(tag):
+                    per_epoch[int(round(epochs.get(ev.step, len(per_epoch))))] = float(ev.value)
+    return {tag: sorted(per_epoch.items()) for tag, per_epoch in points.items()}
 
 
-def organs_never_learned(run_dir: Path, organs: list[str]) -> list[str]:
-    """The organs whose validation Dice never reached :data:`LEARNED` in any epoch of the run."""
-    return [o for o in organs if max((v for _, v in val_curves(run_dir, f"val/dice/{o}")), default=0.0) < LEARNED]
+def organs_never_learned(curves: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """The organs whose validation Dice (``val/dice/<organ>`` of :func:`val_curves`) never reached
+    :data:`LEARNED` in any epoch of the run."""
+    return [tag.split("/", 2)[2] for tag, pts in curves.items()
+            if tag.startswith("val/dice/") and max((v for _, v in pts), default=0.0) < LEARNED]
 
 
 def plateau_figure(curves: dict[str, dict[int, list[tuple[int, float]]]], out: Path) -> dict[str, dict]:
@@ -315,10 +319,10 @@ def write_document(jobs: list[Job], runs_dir: Path, train_wall_s: float, paralle
                      "loss.gamma", "--baseline", BASELINE, *common, "--out", str(FIG_DIR / "fig3")])
     run_report(["segbench.report.figures", "gamma", *f3_dirs, "--key", "loss.gamma", "--per-organ", *common,
                 "--out", str(FIG_DIR), "--name", "fig3_gamma"])
-    curves = {loss: {s: val_curves(dirs[f"table1/{loss}_seed{s}"]) for s in SEEDS} for loss in TABLE1_LOSSES}
-    stats = plateau_figure(curves, FIG_DIR)
-    organs = list(compose_run(jobs[0].overrides).data.class_names)[1:]
-    missed = {s: organs_never_learned(dirs[f"table1/{BASELINE}_seed{s}"], organs) for s in SEEDS}
+    logged = {loss: {s: val_curves(dirs[f"table1/{loss}_seed{s}"]) for s in SEEDS} for loss in TABLE1_LOSSES}
+    stats = plateau_figure({loss: {s: c["val/dice"] for s, c in per_seed.items()} for loss, per_seed in logged.items()},
+                           FIG_DIR)
+    missed = {s: organs_never_learned(c) for s, c in logged[BASELINE].items()}
     DOC.write_text(render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_s, missed))
     print(f"wrote {DOC.relative_to(ROOT)} and {FIG_DIR.relative_to(ROOT)}/", flush=True)
 
