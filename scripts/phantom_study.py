@@ -253,10 +253,23 @@ def organs_never_learned(curves: dict[str, list[tuple[int, float]]]) -> list[str
             if tag.startswith("val/dice/") and max((v for _, v in pts), default=0.0) < LEARNED]
 
 
+def quarter_stats(curve) -> dict:
+    """The plateau rule's numbers for one validation curve (a 1-D array, one value per epoch): the mean of its
+    last quarter of epochs, of the quarter before, the best epoch before the last quarter, and the ``lift``,
+    last quarter minus that best (the rule: < :data:`PLATEAU_POINTS`)."""
+    import numpy as np
+
+    q = max(1, len(curve) // 4)
+    last, best_before = float(curve[-q:].mean()), float(curve[:-q].max())
+    return {"last_quarter": last, "quarter_before": float(curve[-2 * q:-q].mean()), "best_before": best_before,
+            "best_before_epoch": int(np.argmax(curve[:-q])) + 1, "best_epoch": int(np.argmax(curve)) + 1,
+            "epochs": len(curve), "quarter": q, "lift": last - best_before}
+
+
 def plateau_figure(curves: dict[str, dict[int, list[tuple[int, float]]]], out: Path) -> dict[str, dict]:
     """val/dice against epoch, mean over seeds per loss (thin lines: seeds); PNG, PDF and CSV.
-    Returns per loss the mean val DSC over the last quarter of epochs, the mean over the quarter before and the
-    best epoch before the last quarter, and each seed's own lift (its last quarter against its best earlier epoch)."""
+    Returns per loss the :func:`quarter_stats` of the mean-of-seeds curve, with ``seed_lifts``: each seed's own
+    lift."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,18 +284,13 @@ def plateau_figure(curves: dict[str, dict[int, list[tuple[int, float]]]], out: P
         for seed, pts in sorted(per_seed.items()):
             ep = np.array([p[0] for p in pts]) + 1
             val = np.array([p[1] for p in pts]) * 100
-            q = max(1, len(val) // 4)
-            seed_lifts[seed] = float(val[-q:].mean() - val[:-q].max())
+            seed_lifts[seed] = quarter_stats(val)["lift"]
             ax.plot(ep, val, color=colour, lw=0.6, alpha=0.45)
             rows += [{"loss": loss, "seed": seed, "epoch": int(e), "val_dsc_percent": f"{v:.4f}"} for e, v in zip(ep, val)]
             grid = val if grid is None else np.vstack([grid, val])
         mean = grid.mean(axis=0) if grid.ndim > 1 else grid
         ax.plot(np.arange(1, len(mean) + 1), mean, color=colour, lw=2.0, label=f"{loss} (mean of {len(per_seed)} seeds)")
-        q = max(1, len(mean) // 4)
-        stats[loss] = {"last_quarter": float(mean[-q:].mean()), "quarter_before": float(mean[-2 * q:-q].mean()),
-                       "best_before": float(mean[:-q].max()), "best_before_epoch": int(np.argmax(mean[:-q])) + 1,
-                       "best_epoch": int(np.argmax(mean)) + 1, "epochs": len(mean), "quarter": q,
-                       "seed_lifts": seed_lifts}
+        stats[loss] = {**quarter_stats(mean), "seed_lifts": seed_lifts}
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation DSC % (mean over organs, 2 cases)")
     ax.set_ylim(bottom=0)
@@ -334,7 +342,7 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
     cpu_s = sum(j.cpu_s or 0 for j in jobs)
     base = stats[BASELINE]
     gain = base["last_quarter"] - base["quarter_before"]
-    lift = base["last_quarter"] - base["best_before"]
+    lift = base["lift"]
     n_test = budget_value("data.split.test")
     budget = "\n".join(f"    {o}" for o in BUDGET)
     lines = [
@@ -399,7 +407,7 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
         "Each seed's own curve, last quarter against its best earlier epoch: "
         + ", ".join(f"seed {s} {v:+.2f}" for s, v in base["seed_lifts"].items()) + ". "
         "The other losses, last quarter (against the best epoch before it): "
-        + ", ".join(f"{k}: {v['last_quarter']:.2f} % ({v['last_quarter'] - v['best_before']:+.2f})"
+        + ", ".join(f"{k}: {v['last_quarter']:.2f} % ({v['lift']:+.2f})"
                     for k, v in stats.items() if k != BASELINE) + ". "
         "The learning rate decays to 0 at the last epoch (poly), so the last epochs change the weights little by "
         "construction; the curve shows whether the network had stopped improving before that. "
