@@ -3,7 +3,7 @@
     python scripts/index_runs.py outputs/table1_synapse/2025-01-01_12-00-00
     python scripts/index_runs.py outputs --status running,interrupted      # what to look after
 
-``run.json`` is written when a run starts and rewritten as it goes (segbench/rundir.py): status
+``run.json`` is written when a run starts and rewritten as it goes (segbench/runtime/rundir.py): status
 ``running`` / ``done`` / ``failed`` / ``interrupted``, the attempt (resumes count up), epochs done,
 the mean test DSC, the error. A run that was killed outright (SIGKILL, out of memory) stays
 ``running``; its ``updated`` time then stops moving. Exit status: 0, or 1 when no run.json was found.

@@ -6,9 +6,9 @@ the checkpoint; ``metrics``, ``test`` and ``data`` overrides from the command
 line are applied on top. Results go to this evaluation's own run directory.
 
 A run directory may come from someone else: its config may only instantiate segbench, torch
-optimiser and Lightning classes (:mod:`segbench.trust`; ``trusted_modules=[mylab.losses]`` admits
+optimiser and Lightning classes (:mod:`segbench.runtime.trust`; ``trusted_modules=[mylab.losses]`` admits
 your own), and the checkpoint is read with ``weights_only=True`` and checked against the model
-the config builds (:mod:`segbench.checkpoint`) before anything is tested.
+the config builds (:mod:`segbench.runtime.checkpoint`) before anything is tested.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def training_config(cfg: DictConfig) -> DictConfig:
         train_cfg.data = OmegaConf.merge(train_cfg.data, cfg.data) if "data" in train_cfg else cfg.data
         # paths are re-resolved for this machine / this evaluation's run directory
         train_cfg.paths = cfg.paths
-    from .trust import checked_config
+    from .runtime.trust import checked_config
 
     return checked_config(train_cfg, cfg.get("trusted_modules") or (), source=f"training config {path}")
 
@@ -58,10 +58,10 @@ def training_config(cfg: DictConfig) -> DictConfig:
 def evaluate(cfg: DictConfig, output_dir: Path) -> dict:
     import pytorch_lightning as pl
 
-    from .console import interactive, report
-    from .checkpoint import check_matches, load_checkpoint, safe_checkpoint_io, weights_only_kwargs
-    from .evaluation import format_table
-    from .runinfo import device_description, git_revision, package_versions
+    from .runtime.console import interactive, report
+    from .runtime.checkpoint import check_matches, load_checkpoint, safe_checkpoint_io, weights_only_kwargs
+    from .metrics.results import format_table
+    from .runtime.runinfo import device_description, git_revision, package_versions
     from .train import build
 
     start = time.time()
@@ -108,7 +108,7 @@ def remove_if_empty(output_dir: Path) -> None:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from .console import quiet_third_party
+    from .runtime.console import quiet_third_party
 
     quiet_third_party(single_process=str(cfg.trainer.get("devices", 1)) == "1")
     user_code_importable()  # a training run's loss._target_ / data.source._target_ in the user's module

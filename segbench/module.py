@@ -6,9 +6,9 @@ step; validation logs ``val/dice`` and ``val/dice/<organ>``
 (3D Dice per validation case at model resolution, averaged over cases) and a few
 image / label / prediction overlays; testing predicts whole cases slice by slice,
 resizes the class probabilities back to the native grid and scores them with
-:class:`segbench.evaluation.CaseEvaluator`. 3D networks (``data.spatial_dims=3``) train on
+:class:`segbench.metrics.results.CaseEvaluator`. 3D networks (``data.spatial_dims=3``) train on
 patches and see whole cases (validation, test) through sliding-window inference
-(:mod:`segbench.inference`, the ``inference`` config block).
+(:mod:`segbench.models.inference`, the ``inference`` config block).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from torch import nn
 from .data.datamodule import check_label_ids
 from .data.volume import write_prediction
 from .errors import ConfigError
-from .evaluation import CaseEvaluator
-from .inference import argmax_at, check_inference, sliding_window_logits
+from .metrics.results import CaseEvaluator
+from .models.inference import argmax_at, check_inference, sliding_window_logits
 from .losses import loss_from_config
 from .losses.base import SegLoss
 from .losses.consistency import check_consistency, perturbation_consistency
-from .nonfinite import LossWatch
-from .overlays import figure_to_rgb, overlay_figure
+from .runtime.nonfinite import LossWatch
+from .report.overlays import figure_to_rgb, overlay_figure
 
 
 def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
@@ -56,7 +56,7 @@ class SegModule(pl.LightningModule):
         class_names: names by class id, background first.
         metrics: ``{"convention": "default", "nsd_tolerance_mm": 2.0}`` for the test evaluation (the run's
             own convention; every case is also scored under ``default`` and ``transunet``,
-            :data:`segbench.evaluation.SCORED_CONVENTIONS`).
+            :data:`segbench.metrics.results.SCORED_CONVENTIONS`).
         test: ``{"slice_batch": 32}``: how many slices are predicted at once.
         num_overlays: image / label / prediction overlays logged per validation epoch.
         inference: sliding-window options for whole 3D cases (``roi_size``, ``overlap``, ``mode``, ...).
@@ -74,7 +74,7 @@ class SegModule(pl.LightningModule):
         self.class_names = list(class_names)
         # a built-in loss by name, or the user's own class by _target_ (segbench.losses.loss_from_config)
         self.loss_fn = loss_from_config(loss, num_classes=len(self.class_names), class_names=self.class_names)
-        # notes a non-finite training loss on the device; segbench.nonfinite.StopOnNonFiniteLoss stops the run
+        # notes a non-finite training loss on the device; segbench.runtime.nonfinite.StopOnNonFiniteLoss stops the run
         self.loss_watch = LossWatch(str(loss.get("name") or loss.get("_target_") or "loss"))
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "none"})
@@ -258,6 +258,6 @@ class SegModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         # under DDP each rank scored its share of the cases: every rank ends with all rows, once each
         if self.trainer.world_size > 1:
-            from .distributed import gather_rows
+            from .runtime.distributed import gather_rows
 
             self.evaluator.rows[:] = gather_rows(self.evaluator.rows)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .config import CONFIG_DIR, PROJECT_ROOT, USER_ERRORS, report_error, unwrap, user_code_importable
 from .errors import ConfigError, SegbenchError
-from .evaluation import atomic_write_text
+from .metrics.results import atomic_write_text
 
 
 def build(cfg: DictConfig):
@@ -62,11 +62,11 @@ def build_trainer(cfg: DictConfig, output_dir: Path):
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ProgressBar
 
-    from .console import epoch_line_callback, interactive, quiet_third_party
-    from .checkpoint import safe_checkpoint_io
-    from .nonfinite import StopOnNonFiniteLoss
-    from .rundir import epoch_status_callback
-    from .seeding import RandomStateCheckpoint
+    from .runtime.console import epoch_line_callback, interactive, quiet_third_party
+    from .runtime.checkpoint import safe_checkpoint_io
+    from .runtime.nonfinite import StopOnNonFiniteLoss
+    from .runtime.rundir import epoch_status_callback
+    from .runtime.seeding import RandomStateCheckpoint
 
     quiet_third_party(single_process=str(cfg.trainer.get("devices", 1)) == "1"
                       and int(cfg.trainer.get("num_nodes", 1) or 1) == 1)
@@ -78,7 +78,7 @@ def build_trainer(cfg: DictConfig, output_dir: Path):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)] + [epoch_line_callback()]
         progress = {"enable_progress_bar": False}
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
-    # checkpoints written atomically, read with weights_only=True (segbench.checkpoint)
+    # checkpoints written atomically, read with weights_only=True (segbench.runtime.checkpoint)
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                        default_root_dir=str(output_dir), plugins=[safe_checkpoint_io()], **progress)
 
@@ -145,17 +145,17 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
 
     A directory that holds an unfinished run of this config (``checkpoints/last.ckpt``, no
     ``results/summary.json``) is resumed from its last checkpoint; one that holds a finished run
-    is not trained again (:mod:`segbench.rundir`; ``resume=false`` starts over).
+    is not trained again (:mod:`segbench.runtime.rundir`; ``resume=false`` starts over).
     Under DDP every rank runs this; rank 0 alone writes ``run.json``, ``splits.json`` and results.
     """
     import pytorch_lightning as pl
     import torch
 
-    from . import rundir
-    from .console import report
-    from .distributed import one_run_directory
-    from .evaluation import format_table
-    from .runinfo import device_description, git_revision, package_versions
+    from .runtime import rundir
+    from .runtime.console import report
+    from .runtime.distributed import one_run_directory
+    from .metrics.results import format_table
+    from .runtime.runinfo import device_description, git_revision, package_versions
 
     start = time.time()
     missing = _missing_keys(OmegaConf.to_container(cfg, resolve=False))
@@ -182,7 +182,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     main_rank = trainer.global_rank == 0
     resume_from = cfg.get("ckpt_path") or rundir.resume_checkpoint(output_dir, cfg)
     if resume_from:  # loads (weights_only=True), holds a training state, fits this model: or one line
-        from .checkpoint import CheckpointError, check_matches, check_training_checkpoint, load_checkpoint
+        from .runtime.checkpoint import CheckpointError, check_matches, check_training_checkpoint, load_checkpoint
 
         problem = check_training_checkpoint(resume_from)
         if problem:
@@ -199,7 +199,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     if main_rank:
         datamodule.write_splits(output_dir / "splits.json")
 
-    from .checkpoint import weights_only_kwargs
+    from .runtime.checkpoint import weights_only_kwargs
 
     with one_run_directory(output_dir):
         if cfg.trainer.max_epochs == 0:
@@ -251,8 +251,8 @@ def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-    from . import rundir
-    from .console import quiet_third_party
+    from .runtime import rundir
+    from .runtime.console import quiet_third_party
 
     quiet_third_party()
     user_code_importable()  # loss._target_: my_module.MyLoss, data.source._target_: my_module.MySource
@@ -266,7 +266,7 @@ def main(cfg: DictConfig) -> float | None:
             raise ConfigError(f"optimized_metric={metric!r} is unknown; choose one of {', '.join(OBJECTIVES)}")
         summary = run(cfg, output_dir, overrides=overrides)
     except Exception as exc:  # noqa: BLE001 - every failure is recorded; user errors are one line
-        from .slurm import explain_stop
+        from .runtime.slurm import explain_stop
 
         user_error = isinstance(exc, USER_ERRORS)
         exc = explain_stop(unwrap(exc))  # the root cause, not a wrapper's message (MONAI's, submitit's)

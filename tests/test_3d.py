@@ -14,7 +14,7 @@ from torch import nn
 from segbench.data.datamodule3d import PatchDataModule
 from segbench.data.sources import NiftiFolderSource
 from segbench.errors import ConfigError
-from segbench.inference import argmax_at, check_inference, sliding_window_logits
+from segbench.models.inference import argmax_at, check_inference, sliding_window_logits
 from segbench.models import UNet3D
 
 ORGANS = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]

@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from segbench.data.datamodule import resolve_split
 from segbench.errors import ConfigError, DataError
-from segbench.rundir import _check_same_config, config_changes
+from segbench.runtime.rundir import _check_same_config, config_changes
 
 CASES = [f"{i:04d}" for i in range(1, 11)]
 

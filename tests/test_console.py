@@ -44,8 +44,8 @@ def test_a_redirected_run_prints_one_line_per_epoch_and_logs_its_results(phantom
 def test_one_checkpoint_callback_rewrites_last_every_epoch(tmp_path):
     import pytorch_lightning as pl
 
-    from segbench.callbacks import BestAndLastCheckpoint
-    from segbench.console import quiet_third_party
+    from segbench.runtime.callbacks import BestAndLastCheckpoint
+    from segbench.runtime.console import quiet_third_party
 
     quiet_third_party()  # as segbench-train does: no LeafSpec FutureWarning from inside Lightning
 

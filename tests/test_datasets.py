@@ -231,7 +231,7 @@ def test_transunet_files_without_spacing_are_scored_in_voxels_and_say_so(transun
     convention's HD is in voxels, in the per-case rows, the summary and the console table; a spacing
     declared in the config (data.source.default_spacing) or read from NIfTI is mm."""
     from segbench.data.preprocess import resample_volume, resize_volume
-    from segbench.evaluation import CaseEvaluator, format_table
+    from segbench.metrics.results import CaseEvaluator, format_table
 
     refs = {r.case_id: r for r in SynapseSource(transunet_root).cases()}
     vol = SynapseSource(transunet_root).load(refs["0001"])

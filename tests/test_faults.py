@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import blob_case, write_case
-from segbench.checkpoint import CheckpointError, check_training_checkpoint, safe_checkpoint_io
+from segbench.runtime.checkpoint import CheckpointError, check_training_checkpoint, safe_checkpoint_io
 from segbench.data import NiftiFolderSource, SegDataModule
 from segbench.errors import DataError
 
@@ -78,7 +78,7 @@ def test_nonfinite_fill_replaces_them_explicitly(nan_dataset):
 # -- non-finite training loss ------------------------------------------------------------------------------
 def test_the_loss_watch_adds_no_host_sync(monkeypatch):
     """observe() runs in training_step: tensor ops only; any host read would go through these."""
-    from segbench.nonfinite import LossWatch
+    from segbench.runtime.nonfinite import LossWatch
 
     watch = LossWatch("ce_dice")
     for name in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
@@ -146,7 +146,7 @@ def unfinished_copy(smoke_run: Path, tmp_path: Path) -> tuple[Path, object]:
 
 
 def test_resume_skips_a_corrupt_last_checkpoint_for_the_newest_sound_one(smoke_run, tmp_path, capsys):
-    from segbench.rundir import resume_checkpoint
+    from segbench.runtime.rundir import resume_checkpoint
 
     run, cfg = unfinished_copy(smoke_run, tmp_path)
     last = run / "checkpoints" / "last.ckpt"
@@ -160,7 +160,7 @@ def test_resume_skips_a_corrupt_last_checkpoint_for_the_newest_sound_one(smoke_r
 
 
 def test_resume_starts_over_when_no_checkpoint_is_sound(smoke_run, tmp_path, capsys):
-    from segbench.rundir import resume_checkpoint
+    from segbench.runtime.rundir import resume_checkpoint
 
     run, cfg = unfinished_copy(smoke_run, tmp_path)
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")

@@ -79,7 +79,7 @@ def test_probe_has_paper_sizes(tmp_path, captured, paper, width):
 
 
 def test_overlay_columns_are_titled_with_an_organ_colour_key():
-    from segbench.overlays import PALETTE, figure_to_rgb, overlay_figure
+    from segbench.report.overlays import PALETTE, figure_to_rgb, overlay_figure
 
     label = np.zeros((32, 32), np.int64)
     label[4:12, 4:12], label[20:28, 20:28] = 1, 2

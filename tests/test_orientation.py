@@ -20,7 +20,7 @@ from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 from conftest import blob_case, write_case
 from segbench.data import NiftiFolderSource, SegDataModule, save_nifti_label
 from segbench.data.volume import to_canonical
-from segbench.evaluation import CaseEvaluator
+from segbench.metrics.results import CaseEvaluator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

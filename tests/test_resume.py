@@ -1,6 +1,6 @@
 """A run killed mid-epoch and started again with the same command ends exactly as if never interrupted.
 
-Why the equality is exact (segbench/seeding.py, segbench/rundir.py): ``checkpoints/last.ckpt`` is written
+Why the equality is exact (segbench/runtime/seeding.py, segbench/runtime/rundir.py): ``checkpoints/last.ckpt`` is written
 after every epoch with the weights, optimiser, schedule, loop counters and the state of every random
 generator training draws from (Python, NumPy, torch, the augmentation transforms); the rerun finds it in
 its run directory and restores all of it before the first batch, so the remaining epochs draw the same

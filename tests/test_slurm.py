@@ -135,7 +135,7 @@ def test_a_request_no_node_can_meet_is_refused_naming_what_is_short(monkeypatch)
 
 def test_timeout_min_must_leave_time_for_the_signal_lead():
     from segbench.errors import ConfigError
-    from segbench.slurm import check_time_limit, min_timeout_min
+    from segbench.runtime.slurm import check_time_limit, min_timeout_min
 
     # SIGUSR2 120 s before the limit, up to 60 s earlier than that, and 30 s for the job to start:
     # 210 s -> 4 minutes
@@ -177,7 +177,7 @@ def test_unwrap_reaches_the_cause_through_monai_torch_and_submitit_wrappers():
 def test_submitit_signal_handler_logs_from_another_thread():
     """A signal handler that logs while the main thread is inside the log file's write would re-enter
     the file's writer ("--- Logging error --- reentrant call"): submitit's logger only queues."""
-    from segbench.slurm import defer_submitit_logging
+    from segbench.runtime.slurm import defer_submitit_logging
 
     seen = []
 

@@ -17,9 +17,9 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from segbench.checkpoint import CheckpointError, load_checkpoint
+from segbench.runtime.checkpoint import CheckpointError, load_checkpoint
 from segbench.errors import ConfigError
-from segbench.trust import check_targets, checked_config
+from segbench.runtime.trust import check_targets, checked_config
 
 
 class Payload:
@@ -83,8 +83,8 @@ def test_segbench_eval_refuses_a_nested_torch_load_payload_in_a_shared_config(tm
 
 
 @pytest.mark.parametrize("target", [
-    "builtins.exec", "os.system", "subprocess.run", "torch.load", "segbench.evaluation.os.system",
-    "segbench.data.datamodule.DataLoader", "segbench.evaluation.atomic_write_text", "segbench.no_such_thing",
+    "builtins.exec", "os.system", "subprocess.run", "torch.load", "segbench.metrics.results.os.system",
+    "segbench.data.datamodule.DataLoader", "segbench.metrics.results.atomic_write_text", "segbench.no_such_thing",
     "pytorch_lightning.callbacks.os.system", "torch.optim.sgd.torch.load", "segbench.train.main",
 ])
 def test_targets_outside_the_allowlist_are_refused_at_any_depth(target, tmp_path):
@@ -136,7 +136,7 @@ def test_the_repository_configs_pass_the_allowlist():
 def test_reports_and_the_run_index_instantiate_nothing(tmp_path):
     """segbench-table / the run index read a crafted run directory as data: the payload does not run."""
     from segbench.report.runs import load_run
-    from segbench.rundir import read_status
+    from segbench.runtime.rundir import read_status
 
     marker = tmp_path / "pwned"
     payload = pickle_checkpoint(tmp_path / "payload.pt", marker)
@@ -154,7 +154,7 @@ def test_a_forced_unsafe_torch_default_does_not_reopen_checkpoint_loading(tmp_pa
     """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 flips torch's default only: segbench passes weights_only=True."""
     marker = tmp_path / "pwned"
     ckpt = pickle_checkpoint(tmp_path / "evil.ckpt", marker)
-    code = ("import sys; from segbench.checkpoint import load_checkpoint, CheckpointError\n"
+    code = ("import sys; from segbench.runtime.checkpoint import load_checkpoint, CheckpointError\n"
             "try:\n    load_checkpoint(sys.argv[1])\nexcept CheckpointError as e:\n    print('refused')")
     proc = subprocess.run([sys.executable, "-c", code, str(ckpt)], capture_output=True, text=True,
                           env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}, timeout=120)

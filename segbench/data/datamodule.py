@@ -424,7 +424,7 @@ class CaseDataModule(pl.LightningDataModule):
         return self.train_loader_options()["pin_memory"]
 
     def write_splits(self, path: Path) -> None:
-        from ..evaluation import atomic_write_text
+        from ..metrics.results import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.splits, indent=2))
 

@@ -17,7 +17,7 @@ Then:
   sliding-window inference on them) or ``validation: patches`` scores a fixed set of
   ``val_samples_per_volume`` patches per case (faster, noisier);
 * testing: whole cases at model resolution, predicted by sliding window
-  (:func:`segbench.inference.sliding_window_logits`) and scored on the preprocessed grid with the
+  (:func:`segbench.models.inference.sliding_window_logits`) and scored on the preprocessed grid with the
   case's spacing, like the 2D path (the native grid unless ``target_spacing`` is set).
 
 Arrays are ``(Z, Y, X)`` and so are ``patch_size`` and ``target_spacing``.

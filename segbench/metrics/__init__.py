@@ -23,7 +23,7 @@ from segbench.metrics.conventions import (
     describe,
     hd_unit,
 )
-from segbench.metrics.evaluate import evaluate_case, evaluate_case_conventions
+from segbench.metrics.scoring import evaluate_case, evaluate_case_conventions
 
 __all__ = [
     "CONVENTIONS",

@@ -9,10 +9,10 @@ A *run directory* is what ``segbench-train`` writes for one job: a Hydra run dir
 
 Every number the report tools show is recomputed here from ``per_case.csv``
 (mean over cases per organ, NaN = excluded case, then mean over organs: the rule
-of :func:`segbench.evaluation.summarize`); ``summary.json`` is only cross-checked.
+of :func:`segbench.metrics.results.summarize`); ``summary.json`` is only cross-checked.
 
 ``per_case.csv`` holds one row per case x organ x metric convention (every run scores ``default``
-and ``transunet``, :mod:`segbench.evaluation`). A loaded :class:`Run` shows ONE convention's rows
+and ``transunet``, :mod:`segbench.metrics.results`). A loaded :class:`Run` shows ONE convention's rows
 (``Run.per_case``), never a mix: the one asked for (``--convention``), else the run's report
 convention (:func:`report_convention`: ``metrics.report_convention``, e.g. ``transunet`` for the
 Synapse paper tables, else the run's own ``metrics.convention``).
@@ -33,7 +33,7 @@ import pandas as pd
 import yaml
 
 from ..errors import SegbenchError
-from ..rundir import VOLATILE_KEYS
+from ..runtime.rundir import VOLATILE_KEYS
 
 #: metrics of the results contract, and whether larger is better
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "hd": False, "assd": False}
@@ -402,7 +402,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 
 
 #: config keys that legitimately differ between the seeds of one group: the seed, where files live, and
-#: every key that may differ between attempts of one run (:data:`segbench.rundir.VOLATILE_KEYS`: run_name
+#: every key that may differ between attempts of one run (:data:`segbench.runtime.rundir.VOLATILE_KEYS`: run_name
 #: resolves to each job's start time, and again when Slurm requeues it)
 _IGNORED_DIFFERENCES = re.compile(
     r"^(seed|task_name|hydra\..*|.*(dir|path|root|version)|"

@@ -25,7 +25,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from .errors import SegbenchError
+from ..errors import SegbenchError
 
 
 class NonFiniteLossError(SegbenchError, ArithmeticError):

@@ -23,7 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import SegbenchError
+from ..errors import SegbenchError
 
 #: the keys every Lightning training checkpoint holds (what resuming needs)
 TRAINING_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")

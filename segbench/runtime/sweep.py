@@ -1,7 +1,7 @@
 """The end of a sweep: which jobs did not finish and why, and a non-zero exit when any did not.
 
 A job of a multirun that fails records it in its run directory (``results/error.json``, ``run.json``
-status ``failed``; :mod:`segbench.rundir`) and the sweep goes on with the other jobs, whatever the
+status ``failed``; :mod:`segbench.runtime.rundir`) and the sweep goes on with the other jobs, whatever the
 launcher (``basic`` in this process, ``local`` / ``slurm`` through submitit, where the launcher also
 marks a job that Slurm ended without a result: cancelled, out of time). When the sweep is over,
 :class:`SweepReport` (a Hydra callback, ``configs/hydra/default.yaml``) reads every job's ``run.json``

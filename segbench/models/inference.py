@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: defaults of the ``inference`` block of ``configs/train.yaml``
 DEFAULTS = {"roi_size": None, "overlap": 0.5, "mode": "gaussian", "sw_batch_size": 2, "sigma_scale": 0.125}

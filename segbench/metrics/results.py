@@ -56,7 +56,7 @@ def scored_conventions(primary: str) -> list[str]:
 def case_hd_unit(convention: str, spacing_known: bool = True) -> str:
     """Unit of HD/HD95/ASSD of one case: ``mm`` only where the convention applies the spacing AND the
     data state it; a stand-in spacing (``Volume.spacing_known`` False) measures voxels."""
-    from .metrics import hd_unit
+    from . import hd_unit
 
     return hd_unit(convention) if spacing_known else "voxels"
 
@@ -85,10 +85,10 @@ class CaseEvaluator:
     """
 
     def __init__(self, class_names: Sequence[str], convention: str = "default", nsd_tolerance_mm: float = 2.0):
-        from .metrics import CONVENTIONS
+        from . import CONVENTIONS
 
         if convention not in CONVENTIONS:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"metrics.convention={convention!r} is unknown; choose one of {', '.join(CONVENTIONS)}")
         self.class_names = list(class_names)
@@ -103,7 +103,7 @@ class CaseEvaluator:
         """Score one case (integer label maps of equal shape) under every convention; returns and stores its
         rows (one per organ and convention). ``spacing_known=False``: ``spacing`` is a stand-in (the data carry
         none), so every distance is labelled ``voxels``."""
-        from .metrics import evaluate_case_conventions
+        from . import evaluate_case_conventions
 
         scores = evaluate_case_conventions(pred, gt, spacing, self.labels, self.conventions,
                                            nsd_tolerance_mm=self.nsd_tolerance_mm, with_status=True)
@@ -154,7 +154,7 @@ def _nanmean(values: list[float]) -> float:
 def summarize(rows: list[dict], organs: Sequence[str], convention: str) -> dict[str, Any]:
     """Mean over cases per organ (NaN excluded), then over organs, of the rows of ``convention``
     (rows without a ``convention`` field count as that convention's)."""
-    from .metrics import describe, hd_unit
+    from . import describe, hd_unit
 
     rows = [r for r in rows if r.get("convention", convention) == convention]
     per_class = {}

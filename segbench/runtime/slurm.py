@@ -13,7 +13,7 @@
 and, while the jobs run, a line when a job changes state (pending, running, requeued), so a sweep never
 waits in silence. A job that does not finish does not stop the others: the launcher waits for all of
 them and marks each one that Slurm ended without a result (cancelled, out of time, node failure) in
-its ``run.json``; :class:`segbench.sweep.SweepReport` then names every unfinished job and exits 1.
+its ``run.json``; :class:`segbench.runtime.sweep.SweepReport` then names every unfinished job and exits 1.
 
 In the job, a job that failed (its ``run.json`` says ``failed``) ends with an error, so that Slurm
 records it as FAILED rather than COMPLETED; and submitit's signal handler logs through a queue, so
@@ -37,8 +37,8 @@ from typing import Any, Sequence
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 
-from .config import unwrap
-from .errors import ConfigError, SegbenchError
+from ..config import unwrap
+from ..errors import ConfigError, SegbenchError
 
 #: sbatch(1) on --signal: "the signal may be sent up to 60 seconds earlier than specified"
 SIGNAL_EARLY_S = 60

@@ -25,7 +25,7 @@ import inspect
 import re
 from typing import Any, Iterable, Iterator
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 #: packages whose classes a read-back config may instantiate
 ALLOWED_PACKAGES = ("segbench", "torch.optim", "pytorch_lightning.callbacks", "pytorch_lightning.loggers",

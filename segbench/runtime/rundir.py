@@ -31,8 +31,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
-from .evaluation import atomic_write_text
+from ..errors import ConfigError
+from ..metrics.results import atomic_write_text
 
 RUN_FILE = "run.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -103,7 +103,7 @@ def finished_summary(output_dir: Path, cfg: DictConfig) -> dict[str, Any] | None
 def resume_checkpoint(output_dir: Path, cfg: DictConfig) -> Path | None:
     """The checkpoint an unfinished run of this config in ``output_dir`` resumes from, if any.
 
-    ``checkpoints/last.ckpt`` when it loads (:func:`segbench.checkpoint.check_training_checkpoint`:
+    ``checkpoints/last.ckpt`` when it loads (:func:`segbench.runtime.checkpoint.check_training_checkpoint`:
     ``weights_only=True``, a complete training state). For a corrupt one (a full disk, a kill during a
     write by an older segbench) the newest sound checkpoint of ``checkpoints/`` (by training step) is
     used instead, with one line saying so; with none, the run starts over (and :func:`start` removes
