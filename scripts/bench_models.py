@@ -30,8 +30,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.config import CONFIG_DIR, unwrap  # noqa: E402
+from segbench.config import CONFIG_DIR  # noqa: E402
+from segbench.errors import unwrap  # noqa: E402
 from segbench.models import MODELS  # noqa: E402
+from segbench.models.common import parameter_count  # noqa: E402
 
 #: the dimensionalities each model supports
 DIMS = {"unet": (2, 3), "unet3d": (3,), "unetpp": (2, 3), "attention_unet": (2, 3), "segresnet": (2, 3),
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 torch.manual_seed(0)
                 net, cfg = build_net(name, dims, size[dims])
-                row["params_M"] = f"{sum(p.numel() for p in net.parameters()) / 1e6:.2f}"
+                row["params_M"] = f"{parameter_count(net) / 1e6:.2f}"
                 row["note"] = f"width={cfg.get('width')}"
                 net = net.to(device).train()
                 x = torch.rand(shape, device=device)

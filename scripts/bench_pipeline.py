@@ -139,7 +139,7 @@ def built(cfg):
     """A fresh (data module, module) pair; the same seed gives the same initial weights."""
     import pytorch_lightning as pl
 
-    from segbench.train import build
+    from segbench.runtime.build import build
 
     pl.seed_everything(cfg.seed, verbose=False)
     return build(cfg)
@@ -190,7 +190,7 @@ def segbench_fit(cfg, batches, device: torch.device, warmup: int, steps: int, wo
     import pytorch_lightning as pl
     from omegaconf import open_dict
 
-    from segbench.train import build_trainer
+    from segbench.runtime.build import build_trainer
 
     cfg = cfg.copy()
     with open_dict(cfg):
@@ -226,7 +226,7 @@ def segbench_fit(cfg, batches, device: torch.device, warmup: int, steps: int, wo
 def bench_training(args, device: torch.device, rows: list[dict]) -> None:
     from omegaconf import open_dict
 
-    from segbench.train import build
+    from segbench.runtime.build import build
 
     overrides = TRAIN_SETTINGS[args.train_settings] + (["trainer=gpu"] if device.type == "cuda" else [])
     cfg = compose(*overrides, "data=phantom", *(QUICK if args.quick else []), *data_overrides(args, args.cases))

@@ -41,7 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.config import CONFIG_DIR, unwrap  # noqa: E402
+from segbench.config import CONFIG_DIR  # noqa: E402
+from segbench.errors import unwrap  # noqa: E402
 
 BASIC_UNET = {"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 9}
 #: --quick: a tiny phantom and network (a dry run of the script, not a measurement)
@@ -77,7 +78,7 @@ def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path) -> 
     import pytorch_lightning as pl
     from omegaconf import open_dict
 
-    from segbench.train import build, build_trainer
+    from segbench.runtime.build import build, build_trainer
 
     cuda = args.device == "cuda"
     values = {"paths.data_dir": str(data_dir), "data.phantom.size": "224", "data.phantom.slice_thickness": "[2.5]",

@@ -13,22 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import re
 import sys
 from pathlib import Path
 
-
-def find_runs(root: Path) -> list[Path]:
-    found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        # natural order: job 2 before job 10
-        dirnames[:] = sorted((d for d in dirnames if not d.startswith(".")),
-                             key=lambda d: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", d)])
-        if "run.json" in filenames:
-            found.append(Path(dirpath))
-            dirnames[:] = []
-    return found
+from segbench.files import find_dirs
+from segbench.runtime.rundir import has_run_file
 
 
 def describe(run_dir: Path, root: Path) -> dict:
@@ -52,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path, help="a run directory, a sweep directory or any directory above them")
     parser.add_argument("--status", default=None, help="comma list of statuses to show (default: all)")
     args = parser.parse_args(argv)
-    rows = [describe(d, args.root) for d in find_runs(args.root)]
+    rows = [describe(d, args.root) for d in find_dirs(args.root, has_run_file)]
     if args.status:
         rows = [r for r in rows if r["status"] in args.status.split(",")]
     if not rows:

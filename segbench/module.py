@@ -74,7 +74,7 @@ class SegModule(pl.LightningModule):
         self.class_names = list(class_names)
         # a built-in loss by name, or the user's own class by _target_ (segbench.losses.loss_from_config)
         self.loss_fn = loss_from_config(loss, num_classes=len(self.class_names), class_names=self.class_names)
-        # notes a non-finite training loss on the device; segbench.runtime.nonfinite.StopOnNonFiniteLoss stops the run
+        # notes a non-finite training loss on the device; segbench.runtime.callbacks.StopOnNonFiniteLoss stops the run
         self.loss_watch = LossWatch(str(loss.get("name") or loss.get("_target_") or "loss"))
         self.optimizer_factory = optimizer
         self.scheduler_cfg = dict(scheduler or {"name": "none"})

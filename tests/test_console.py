@@ -102,7 +102,7 @@ def test_a_failed_eval_removes_its_empty_run_folder(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_smoke_gives_every_model_its_smallest_valid_width(name):
-    from segbench.train import build
+    from segbench.runtime.build import build
 
     data = ["data=phantom3d"] if name in ("unet3d", "unetr_pp") else []  # the 3D-only models
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

@@ -464,7 +464,7 @@ def run_in_process(tmp_path: Path, *overrides: str) -> dict:
     from omegaconf import open_dict
 
     from segbench.config import CONFIG_DIR
-    from segbench.train import run
+    from segbench.runtime.task import run
 
     out = tmp_path / "run"
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
@@ -517,7 +517,7 @@ def test_short_training_run_from_each_dataset(name, root_fixture, extra, request
 
 # -- bad data: one line naming the file and the problem, before training ----------------------------------------
 def test_bad_data_is_reported_before_training(tmp_path, capsys):
-    from segbench.config import report_error, unwrap
+    from segbench.errors import report_error, unwrap
 
     image, label = organ_volume()
     for n in (1, 2, 3):

@@ -22,7 +22,7 @@ from hydra import compose, initialize_config_dir
 
 from segbench.config import CONFIG_DIR
 from segbench.losses import available_losses
-from segbench.train import build
+from segbench.runtime.build import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -88,7 +88,8 @@ def test_bad_loader_options_name_the_option(override, message):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from segbench.config import CONFIG_DIR, unwrap
+    from segbench.config import CONFIG_DIR
+    from segbench.errors import unwrap
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["debug=smoke", override])
@@ -133,7 +134,7 @@ def built(phantom_dir: Path, *overrides: str):
     from hydra import compose, initialize_config_dir
 
     from segbench.config import CONFIG_DIR
-    from segbench.train import build
+    from segbench.runtime.build import build
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=["debug=smoke", f"paths.data_dir={phantom_dir}", *overrides])

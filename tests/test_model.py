@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from segbench.models import UNet
+from segbench.models.common import parameter_count
 
 
 def conv_block_params(cin: int, cout: int) -> int:
@@ -24,7 +25,7 @@ def test_paper_configuration_parameter_count():
     expected += sum(up_params(widths[i], widths[i - 1]) for i in range(4, 0, -1))
     expected += 32 * 9 + 9  # 1x1 head with bias
     assert expected == 7_240_489
-    assert sum(p.numel() for p in net.parameters()) == expected
+    assert parameter_count(net) == expected
     assert [m[0].out_channels for m in net.encoders] == widths
     assert [d.block[0].out_channels for d in net.decoders] == [256, 128, 64, 32]
 

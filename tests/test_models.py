@@ -10,10 +10,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from segbench.config import CONFIG_DIR, unwrap
+from segbench.config import CONFIG_DIR
+from segbench.errors import unwrap
 from segbench.errors import ConfigError
 from segbench.models import MODELS, TransUNet, UNet
-from segbench.train import build
+from segbench.runtime.build import build
 
 
 #: per model: overrides that shrink it to a few thousand parameters (widths, ViT size, levels)
@@ -153,8 +154,8 @@ def test_swin_unetr_without_einops_says_what_to_install(monkeypatch):
 
 
 def test_a_run_stops_at_start_up_with_one_line_before_reading_data(tmp_path, capsys):
-    from segbench.config import report_error
-    from segbench.train import run
+    from segbench.errors import report_error
+    from segbench.runtime.task import run
 
     cfg = compose_run("model=transunet", "data=phantom3d", f"paths.data_dir={tmp_path}/data")
     with pytest.raises(Exception) as info:

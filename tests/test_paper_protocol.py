@@ -347,10 +347,10 @@ def test_every_paper_experiment_runs_on_the_phantom_and_its_table_renders(experi
 
 
 def test_a_swept_dataset_without_its_root_is_named_before_anything_runs():
-    from segbench.train import _unset_dataset_root
+    from segbench.runtime.checks import unset_dataset_root
 
-    hint = _unset_dataset_root(compose_run("experiment=table3_uncertainty", "data=abdomenct1k"))
+    hint = unset_dataset_root(compose_run("experiment=table3_uncertainty", "data=abdomenct1k"))
     assert hint.startswith("dataset_roots.abdomenct1k=<the dataset's directory>")
-    assert _unset_dataset_root(compose_run("experiment=table3_uncertainty", "dataset_roots.synapse=/d/S")) is None
-    assert _unset_dataset_root(compose_run("experiment=table3_uncertainty", "data=phantom")) is None  # no root read
-    assert _unset_dataset_root(compose_run("experiment=table5_models2d", "data=synapse", "data.root=/d/S")) is None
+    assert unset_dataset_root(compose_run("experiment=table3_uncertainty", "dataset_roots.synapse=/d/S")) is None
+    assert unset_dataset_root(compose_run("experiment=table3_uncertainty", "data=phantom")) is None  # no root read
+    assert unset_dataset_root(compose_run("experiment=table5_models2d", "data=synapse", "data.root=/d/S")) is None

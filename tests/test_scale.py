@@ -64,7 +64,7 @@ def test_every_experiment_has_the_papers_settings_and_composes_every_job_on_the_
     from omegaconf import OmegaConf
 
     from segbench.config import CONFIG_DIR
-    from segbench.train import build
+    from segbench.runtime.build import build
 
     built = set()
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):

@@ -149,7 +149,7 @@ def test_unwrap_reaches_the_cause_through_monai_torch_and_submitit_wrappers():
     from hydra.errors import InstantiationException
     from submitit.core.utils import FailedJobError
 
-    from segbench.config import unwrap
+    from segbench.errors import unwrap
 
     cause = ValueError("label 9 out of range")
     try:  # MONAI's apply_transform: raise RuntimeError(f"applying transform {transform}") from e

@@ -84,7 +84,7 @@ def test_segbench_eval_refuses_a_nested_torch_load_payload_in_a_shared_config(tm
 
 @pytest.mark.parametrize("target", [
     "builtins.exec", "os.system", "subprocess.run", "torch.load", "segbench.metrics.results.os.system",
-    "segbench.data.datamodule.DataLoader", "segbench.metrics.results.atomic_write_text", "segbench.no_such_thing",
+    "segbench.data.datamodule.DataLoader", "segbench.files.atomic_write_text", "segbench.no_such_thing",
     "pytorch_lightning.callbacks.os.system", "torch.optim.sgd.torch.load", "segbench.train.main",
 ])
 def test_targets_outside_the_allowlist_are_refused_at_any_depth(target, tmp_path):

@@ -73,19 +73,6 @@ def fingerprint(paths: list[Path]) -> list[list[Any]]:
     return rows
 
 
-def writable(folder: str | Path) -> str | None:
-    """Why ``folder`` cannot hold a cache (OS error text), or None when it can be created and written."""
-    folder = Path(folder)
-    probe = folder / f".write-test-{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    return None
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

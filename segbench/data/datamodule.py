@@ -306,7 +306,8 @@ class CaseDataModule(pl.LightningDataModule):
         self.target_spacing = check_target_spacing(target_spacing)
         self.cache = None
         if cache_dir:
-            from .cache import PreprocessCache, writable
+            from ..files import writable
+            from .cache import PreprocessCache
 
             problem = writable(cache_dir)
             if problem is None:
@@ -424,7 +425,7 @@ class CaseDataModule(pl.LightningDataModule):
         return self.train_loader_options()["pin_memory"]
 
     def write_splits(self, path: Path) -> None:
-        from ..metrics.results import atomic_write_text
+        from ..files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.splits, indent=2))
 

@@ -83,8 +83,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import secrets
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
@@ -96,6 +94,7 @@ from scipy import ndimage
 from scipy.interpolate import make_interp_spline
 
 from segbench import SYNAPSE_ORGANS
+from segbench.files import TEMPORARY_PREFIX, replace_atomically
 
 try:  # POSIX advisory locks; without them (Windows) concurrent generators are not serialised
     import fcntl
@@ -1061,8 +1060,6 @@ def _paint_bowel(painter: _Painter, scale: float, at) -> None:
 # The cache on disk
 # ---------------------------------------------------------------------------------------------
 
-_TEMPORARY_PREFIX = ".tmp-"
-
 
 def _image_path(folder: Path, number: int) -> Path:
     return folder / "img" / f"img{number:04d}.nii.gz"
@@ -1082,18 +1079,6 @@ def nifti_affine(shape_zyx: Sequence[int], spacing_zyx: Sequence[float]) -> np.n
     return affine
 
 
-def _replace_atomically(path: Path, write) -> None:
-    """Write through ``write(temporary_path)`` to a temporary name in the same folder, then rename."""
-    temporary = path.with_name(f"{_TEMPORARY_PREFIX}{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
-    try:
-        write(temporary)
-        with open(temporary, "rb") as handle:  # the data is on disk before the name points at it
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def _save_nifti(path: Path, array_zyx: np.ndarray, spacing_zyx: Sequence[float], dtype) -> None:
     import nibabel as nib
 
@@ -1104,7 +1089,7 @@ def _save_nifti(path: Path, array_zyx: np.ndarray, spacing_zyx: Sequence[float],
     image.set_sform(affine, code=1)
     image.header.set_zooms(tuple(float(s) for s in spacing_zyx[::-1]))
     image.header.set_xyzt_units("mm")
-    _replace_atomically(path, lambda temporary: nib.save(image, str(temporary)))
+    replace_atomically(path, lambda temporary: nib.save(image, str(temporary)))
 
 
 def _read_case_geometry(path: Path) -> tuple[list[float], list[int]]:
@@ -1160,7 +1145,7 @@ def ensure_phantom(root: str | Path, spec: PhantomSpec, progress: bool = True) -
         if _is_complete(folder, spec):  # another process finished it while we waited for the lock
             return folder
         for sub in ("img", "label"):  # left by a killed generator; no one else writes while we hold the lock
-            for stale in (folder / sub).glob(f"{_TEMPORARY_PREFIX}*"):
+            for stale in (folder / sub).glob(f"{TEMPORARY_PREFIX}*"):
                 stale.unlink(missing_ok=True)
         numbers = range(1, spec.num_cases + 1)
         missing = [n for n in numbers if not (_image_path(folder, n).is_file() and _label_path(folder, n).is_file())]
@@ -1189,6 +1174,6 @@ def ensure_phantom(root: str | Path, spec: PhantomSpec, progress: bool = True) -
             "num_cases": spec.num_cases,
             "cases": cases,
         }
-        _replace_atomically(folder / "dataset.json",
+        replace_atomically(folder / "dataset.json",
                             lambda temporary: temporary.write_text(json.dumps(record, indent=2) + "\n"))
     return folder

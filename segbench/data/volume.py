@@ -164,15 +164,13 @@ def save_nifti_label(path: Path, label: np.ndarray, affine: np.ndarray) -> None:
     orientation (:func:`from_canonical`), so it overlays the input (atomic: tmp file then rename)."""
     import nibabel as nib
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from ..files import replace_atomically
+
     label = from_canonical(label, affine)
     out = nib.Nifti1Image(np.ascontiguousarray(label.transpose(2, 1, 0)).astype(np.uint8), affine)
     out.set_qform(affine, code=1)
     out.set_sform(affine, code=1)
-    tmp = path.with_name(f".{path.name}.tmp.nii.gz")
-    nib.save(out, str(tmp))
-    tmp.replace(path)
+    replace_atomically(path, lambda temporary: nib.save(out, str(temporary)))
 
 
 def write_prediction(directory: Path, case_id: str, label: np.ndarray, affine: np.ndarray) -> Path:

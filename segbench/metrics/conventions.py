@@ -1,7 +1,8 @@
 """Named evaluation conventions: every number segbench reports states one of these.
 
 The same pair of masks can score HD95 = 0 in one library and 27.5 mm in another
-(see ``/work/shared/METRICS.md``). The choices that make the difference are the
+(medpy's ``hd95``, MONAI's ``compute_hausdorff_distance`` and DeepMind's surface-distance package
+differ in the choices below). The choices that make the difference are the
 fields of :class:`Convention`; each named convention fixes all of them.
 
 Shared by all conventions (= medpy and MONAI):
@@ -17,7 +18,7 @@ Shared by all conventions (= medpy and MONAI):
   voxel to the nearest surface voxel of the other mask; d(P->G) and d(G->P).
 * **Percentile**: numpy's default "linear" interpolation (virtual index
   (n - 1) * q / 100), which is also what MONAI's ``torch.quantile`` computes.
-  METRICS.md's 2D square case (spacing (2, .5)): medpy 2.0 vs MONAI 2.003. The
+  The 2D square case of tests/test_metrics.py (spacing (2, .5)): medpy 2.0 vs MONAI 2.003. The
   difference is pooling, not the interpolation: d(P->G) has 40 values and its
   P95 index 37.05 falls between 2.0 and sqrt(2^2 + .5^2) = 2.0616, giving 2.0031 (the
   per-direction max, MONAI and segbench ``default``), while medpy takes one P95 of the

@@ -35,11 +35,12 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ..files import atomic_write_text
 
 METRIC_KEYS = ("dsc", "hd95", "hd", "assd", "nsd")
 CSV_FIELDS = ("case", "organ", "label", *METRIC_KEYS, "gt_voxels", "pred_voxels", "status", "convention",
@@ -59,18 +60,6 @@ def case_hd_unit(convention: str, spacing_known: bool = True) -> str:
     from . import hd_unit
 
     return hd_unit(convention) if spacing_known else "voxels"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
 
 
 class CaseEvaluator:

@@ -91,6 +91,7 @@ def require_einops(model: str) -> None:
 
 
 def parameter_count(net: nn.Module) -> int:
+    """Every parameter of ``net``, trainable or not (the model table's counts, ``scripts/bench_models.py``)."""
     return sum(p.numel() for p in net.parameters())
 
 

@@ -399,7 +399,7 @@ PAPER_SIZES = {"column": (3.5, 2), "page": (7.0, 4)}
 
 
 def _probe_figure(args, warn) -> list[Path]:
-    from ..metrics.results import atomic_write_text
+    from ..files import atomic_write_text
     from .probe import ProbeSettings, plot_probe, probe_markdown, run_probe
 
     settings = ProbeSettings(size=args.size, large_radius=args.large_radius, small_radius=args.small_radius,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,8 @@ import pandas as pd
 import yaml
 
 from ..errors import SegbenchError
-from ..runtime.rundir import VOLATILE_KEYS
+from ..files import find_dirs, unique_paths
+from ..runtime.rundir import VOLATILE_KEYS, is_run_dir
 
 #: metrics of the results contract, and whether larger is better
 HIGHER_IS_BETTER = {"dsc": True, "nsd": True, "hd95": False, "hd": False, "assd": False}
@@ -132,20 +132,12 @@ class Run:
 # discovery
 
 
-def _natural_key(path: Path) -> list:
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", str(path))]
-
-
-def _is_run_dir(path: Path) -> bool:
-    return ((path / "results" / "summary.json").is_file() or (path / "results" / "error.json").is_file()
-            or (path / ".hydra" / "config.yaml").is_file())
-
-
 def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
     """Expand each path to the run directories at or below it (a sweep dir -> its jobs), in natural order.
 
     A path may be a run dir, its ``results/`` dir, a Hydra multirun sweep dir (with
-    ``multirun.yaml`` and numbered job dirs) or any directory above such dirs.
+    ``multirun.yaml`` and numbered job dirs) or any directory above such dirs
+    (:func:`segbench.runtime.rundir.is_run_dir`).
     """
     found: list[Path] = []
     for raw in paths:
@@ -156,25 +148,12 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
             raise ReportError(f"expected a run directory, got a file: {path}")
         if path.name == "results" and ((path / "summary.json").is_file() or (path / "error.json").is_file()):
             path = path.parent
-        if _is_run_dir(path):
-            found.append(path)
-            continue
-        mine = []
-        for root, dirs, _files in os.walk(path, followlinks=False):
-            root_path = Path(root)
-            if root_path != path and _is_run_dir(root_path):
-                mine.append(root_path)
-                dirs[:] = []  # a run dir does not contain other runs
-                continue
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
+        mine = find_dirs(path, is_run_dir)
         if not mine:
-            raise ReportError(f"no runs found in {path} (looked for results/summary.json, results/error.json "
-                              "or .hydra/config.yaml at or below it)")
-        found.extend(sorted(mine, key=_natural_key))
-    unique: dict[Path, Path] = {}
-    for p in found:
-        unique.setdefault(p.resolve(), p)
-    return list(unique.values())
+            raise ReportError(f"no runs found in {path} (looked for results/summary.json, results/error.json, "
+                              "run.json or .hydra/config.yaml at or below it)")
+        found.extend(mine)
+    return unique_paths(found)
 
 
 # ----------------------------------------------------------------------------------------------

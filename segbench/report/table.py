@@ -577,7 +577,7 @@ def make_table(args: argparse.Namespace, warn) -> Table:
 def main(argv: Sequence[str] | None = None) -> int:
     from ..config import report_error
     from ..errors import SegbenchError
-    from ..metrics.results import atomic_write_text
+    from ..files import atomic_write_text
 
     args = build_parser().parse_args(argv)
     try:

@@ -18,19 +18,15 @@ written to a temporary file in the same folder, flushed to disk and renamed over
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import SegbenchError
+from ..errors import CheckpointError
+from ..files import replace_atomically
 
 #: the keys every Lightning training checkpoint holds (what resuming needs)
 TRAINING_KEYS = ("state_dict", "epoch", "global_step", "optimizer_states", "loops")
-
-
-class CheckpointError(SegbenchError, ValueError):
-    """A checkpoint is missing, corrupt, unsafe, or belongs to another model."""
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -120,22 +116,19 @@ def _safe_checkpoint_io():
 
 
 def save_atomically(write, path: Path) -> None:
-    """``write(fh)`` into a temporary file next to ``path``, fsync, rename over ``path``; never a partial file.
+    """``write(fh)`` into a temporary file next to ``path``, fsync, rename over ``path``; never a partial file
+    (:func:`segbench.files.replace_atomically`).
 
-    A failed write (a full disk: ``OSError`` ENOSPC) removes the temporary file, leaves ``path`` as it
-    was and raises :class:`CheckpointError` in one line.
+    A failed write (a full disk: ``OSError`` ENOSPC) leaves ``path`` as it was and raises
+    :class:`CheckpointError` in one line.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
+    def write_file(temporary: Path) -> None:
+        with open(temporary, "wb") as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+
+    try:
+        replace_atomically(path, write_file)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); free disk space or "
                               "make paths.log_dir writable; the previous checkpoint is kept") from None
 

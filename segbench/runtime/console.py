@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 import warnings
 
 log = logging.getLogger("segbench")
@@ -51,31 +50,6 @@ def interactive() -> bool:
     """Is a person watching (stderr a terminal)? Otherwise progress bars would fill a redirected log or a
     Slurm output file with carriage-return updates."""
     return sys.stderr.isatty()
-
-
-def epoch_line_callback():
-    """A Lightning callback printing (and logging) one line per epoch on rank 0, used instead of the
-    progress bar when the output is not a terminal::
-
-        epoch 3/7: train/loss 0.5123, val/dice 0.7311 (41.2 s)
-    """
-    import pytorch_lightning as pl
-
-    class EpochLine(pl.Callback):
-        keys = ("train/loss_epoch", "val/loss", "val/dice")
-
-        def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            self.start = time.monotonic()
-
-        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if trainer.global_rank != 0 or trainer.sanity_checking:
-                return
-            metrics = trainer.callback_metrics
-            values = ", ".join(f"{k.removesuffix('_epoch')} {float(metrics[k]):.4f}" for k in self.keys if k in metrics)
-            log.info("epoch %d/%d: %s (%.1f s)", trainer.current_epoch + 1, trainer.max_epochs, values or "-",
-                     time.monotonic() - getattr(self, "start", time.monotonic()))
-
-    return EpochLine()
 
 
 def to_log_files(text: str) -> None:

@@ -4,7 +4,7 @@ A NaN or infinite loss (a diverging learning rate, a bad scan) poisons the weigh
 optimiser step; training on would end with a run marked ``done`` and a DSC of 0 reported as a result.
 :class:`LossWatch` notes, on the device, the first step whose loss is not finite (and the loss's
 logged parts at that step) with tensor operations only: nothing in ``training_step`` waits for
-the GPU. :class:`StopOnNonFiniteLoss` reads that note:
+the GPU. :class:`~segbench.runtime.callbacks.StopOnNonFiniteLoss` reads that note:
 
 * after every training batch, *without waiting*: on a GPU the note is copied to pinned host memory
   asynchronously and read once a CUDA event says the copy is done, which is normally by the next
@@ -14,22 +14,15 @@ the GPU. :class:`StopOnNonFiniteLoss` reads that note:
   anyway), so no checkpoint is ever written after a non-finite step.
 
 Lightning runs this callback before its checkpoint callbacks, so the failing run raises
-:class:`NonFiniteLossError` (one line: step, loss, its logged parts), ``segbench-train`` records
+:class:`~segbench.errors.NonFiniteLossError` (one line: step, loss, its logged parts), ``segbench-train`` records
 it as ``failed`` in ``run.json`` and no checkpoint of the poisoned weights is written.
 """
 
 from __future__ import annotations
 
-from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
-from ..errors import SegbenchError
-
-
-class NonFiniteLossError(SegbenchError, ArithmeticError):
-    """The training loss became NaN or infinite."""
 
 
 class LossWatch:
@@ -67,64 +60,3 @@ class LossWatch:
         return (f"training loss is not finite at step {step} (loss {self.loss_name} = {values[0]}; logged parts: "
                 f"{shown}); the run is stopped and recorded as failed: lower optimizer.lr, check the input "
                 "scans, or train in trainer.precision=32-true")
-
-
-class StopOnNonFiniteLoss(pl.Callback):
-    """Raise :class:`NonFiniteLossError` within a few steps of a non-finite training loss (module docstring)."""
-
-    def __init__(self):
-        self._buffer: torch.Tensor | None = None
-        self._event = None
-
-    @staticmethod
-    def _watch(pl_module: pl.LightningModule) -> LossWatch | None:
-        watch = getattr(pl_module, "loss_watch", None)
-        return watch if watch is not None and watch.first_step is not None else None
-
-    def _raise(self, watch: LossWatch, step: int, pl_module: pl.LightningModule) -> None:
-        extra = {}
-        try:
-            extra = {k: float(v) for k, v in pl_module.loss_fn.log_values().items()}
-        except Exception:  # noqa: BLE001 - the message must not fail
-            pass
-        raise NonFiniteLossError(watch.message(step, extra))
-
-    def _check_now(self, pl_module: pl.LightningModule) -> None:
-        watch = self._watch(pl_module)
-        if watch is not None:
-            step = int(watch.first_step.cpu())  # a point that synchronises anyway
-            if step >= 0:
-                self._raise(watch, step, pl_module)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        watch = self._watch(pl_module)
-        if watch is None:
-            return
-        if watch.first_step.device.type != "cuda":
-            step = int(watch.first_step.numpy())  # host memory already: nothing to wait for
-            if step >= 0:
-                self._raise(watch, step, pl_module)
-            return
-        # GPU: read the copy queued earlier once it has landed, then queue the next one; never wait
-        if self._event is not None and self._event.query():
-            step = int(self._buffer.numpy())
-            if step >= 0:
-                self._raise(watch, step, pl_module)
-            self._event = None
-        if self._event is None:
-            if self._buffer is None:
-                self._buffer = torch.empty((), dtype=torch.int64, pin_memory=True)
-            self._buffer.copy_(watch.first_step, non_blocking=True)
-            self._event = torch.cuda.Event()
-            self._event.record()
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.training or trainer.state.fn == "fit":
-            self._check_now(pl_module)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_now(pl_module)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._check_now(pl_module)

@@ -32,7 +32,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
-from ..metrics.results import atomic_write_text
+from ..files import atomic_write_text
 
 RUN_FILE = "run.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -46,6 +46,18 @@ VOLATILE_KEYS = ("run_name", "paths", "num_threads", "resume", "ckpt_path", "opt
 
 def _now() -> str:
     return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def has_run_file(path: Path) -> bool:
+    """Does ``path`` hold a run's ``run.json`` (a run that started)?"""
+    return (Path(path) / RUN_FILE).is_file()
+
+
+def is_run_dir(path: Path) -> bool:
+    """Is ``path`` a run directory: results, an error, ``run.json`` or Hydra's saved config?"""
+    path = Path(path)
+    return ((path / SUMMARY).is_file() or (path / ERROR).is_file() or has_run_file(path)
+            or (path / ".hydra" / "config.yaml").is_file())
 
 
 def read_status(output_dir: Path) -> dict[str, Any] | None:
@@ -84,7 +96,9 @@ def _check_same_config(output_dir: Path, cfg: DictConfig, what: str) -> None:
     status = read_status(output_dir)
     if not status or "config" not in status:
         return  # a directory from before run.json existed: nothing to compare with
-    changes = config_changes(status["config"], comparable_config(cfg))
+    from .trust import current_targets
+
+    changes = config_changes(current_targets(status["config"]), comparable_config(cfg))
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise ConfigError(f"{output_dir} holds {what} with another config ({shown}); choose another run_name "
@@ -150,15 +164,3 @@ def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resume
         previous.pop(key, None)
     atomic_write_text(Path(output_dir) / RUN_FILE, json.dumps({**previous, **fields, "updated": _now()},
                                                               indent=2, default=str))
-
-
-def epoch_status_callback(output_dir: Path):
-    """A Lightning callback that keeps ``run.json``'s ``epoch`` (epochs completed) current, on rank 0."""
-    import pytorch_lightning as pl
-
-    class EpochStatus(pl.Callback):
-        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-            if trainer.global_rank == 0 and not trainer.sanity_checking:
-                update_status(output_dir, epoch=trainer.current_epoch + 1, max_epochs=trainer.max_epochs)
-
-    return EpochStatus()

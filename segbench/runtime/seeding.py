@@ -6,7 +6,7 @@ two runs with the same ``seed`` would augment differently. And a run resumed fro
 restarts every generator from wherever the new process left it, so its remaining epochs would
 shuffle and augment differently from the run that was never interrupted.
 
-:class:`RandomStateCheckpoint` fixes both. When a fit starts it seeds the training set's
+:class:`~segbench.runtime.callbacks.RandomStateCheckpoint` fixes both, with the functions below. When a fit starts it seeds the training set's
 MONAI transforms from ``seed`` (and the rank); every checkpoint carries the state of every
 generator training draws from (Python, NumPy, torch CPU/CUDA, each transform's own
 ``RandomState``), and a resumed fit restores them before anything draws from them. A checkpoint
@@ -24,9 +24,7 @@ import random
 from typing import Any, Iterator
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from pytorch_lightning.utilities import rank_zero_warn
 
 
 def _randomizables(obj: Any, seen: set[int], depth: int = 0) -> Iterator[Any]:
@@ -69,62 +67,43 @@ def _numpy_tuple(state: list) -> tuple:
     return name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss
 
 
-class RandomStateCheckpoint(pl.Callback):
-    """Seed the training transforms when a fit starts; save / restore every generator with checkpoints.
+def seed_transforms(dataset: Any, seed: int, rank: int = 0) -> None:
+    """Seed the MONAI transforms that ``dataset`` holds from ``seed`` and the DDP ``rank``
+    (``seed + 1_000_003 * rank``, plus the attribute's position), so every rank augments differently."""
+    from monai.transforms import Randomizable
 
-    Args:
-        seed: the run's ``seed``; rank ``r`` seeds its transforms with ``seed + 1_000_003 * r``.
-    """
+    seed = int(seed) + 1_000_003 * int(rank)
+    for i, value in enumerate(vars(dataset).values() if dataset is not None else []):
+        if isinstance(value, Randomizable):  # a Compose seeds the transforms it holds
+            value.set_random_state(seed=(seed + i) % (2 ** 32))
 
-    def __init__(self, seed: int):
-        self.seed = int(seed)
-        self._trainer: pl.Trainer | None = None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        self._trainer = trainer
-        if stage == "fit":
-            self._seed_transforms(trainer)
+def generator_states(dataset: Any) -> dict[str, Any]:
+    """The state of every generator training draws from: Python, NumPy, torch CPU (and CUDA when it is in
+    use) and each MONAI transform that ``dataset`` holds; plain tensors and numbers, so a checkpoint loads
+    with ``weights_only=True``."""
+    py_version, py_keys, py_gauss = random.getstate()
+    state = {"python": [py_version, list(py_keys), py_gauss], "numpy": _numpy_state(np.random.get_state()),
+             "torch": torch.get_rng_state(),
+             "transforms": [_numpy_state(g.get_state()) for g in transform_generators(dataset)]
+             if dataset is not None else []}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
-    def _generators(self) -> list[np.random.RandomState]:
-        dataset = getattr(getattr(self._trainer, "datamodule", None), "train_set", None)
-        return transform_generators(dataset) if dataset is not None else []
 
-    def _seed_transforms(self, trainer: pl.Trainer) -> None:
-        from monai.transforms import Randomizable
-
-        dataset = getattr(getattr(trainer, "datamodule", None), "train_set", None)
-        seed = self.seed + 1_000_003 * trainer.global_rank
-        for i, value in enumerate(vars(dataset).values() if dataset is not None else []):
-            if isinstance(value, Randomizable):  # a Compose seeds the transforms it holds
-                value.set_random_state(seed=(seed + i) % (2 ** 32))
-
-    def state_dict(self) -> dict[str, Any]:
-        py_version, py_keys, py_gauss = random.getstate()
-        state = {"python": [py_version, list(py_keys), py_gauss], "numpy": _numpy_state(np.random.get_state()),
-                 "torch": torch.get_rng_state(),
-                 "transforms": [_numpy_state(g.get_state()) for g in self._generators()] if self._trainer else []}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Lightning loads callback states after ``setup`` and before it builds the optimisers, which
-        # may already draw the first data loader iterator (``estimated_stepping_batches``): restore now
-        if self._trainer is not None and self._trainer.state.fn == "fit":  # not when testing a checkpoint
-            self._restore(state_dict)
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        version, keys, gauss = state["python"]
-        random.setstate((version, tuple(keys), gauss))
-        np.random.set_state(_numpy_tuple(state["numpy"]))
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(state["cuda"])
-        generators = self._generators()
-        if len(generators) == len(state["transforms"]):
-            for generator, saved in zip(generators, state["transforms"]):
-                generator.set_state(_numpy_tuple(saved))
-        else:  # another transform pipeline than the one checkpointed: seed it afresh
-            self._seed_transforms(self._trainer)
-            rank_zero_warn("the checkpoint's augmentation random states do not match this run's transforms; "
-                           "they are seeded afresh, so the resumed run is not bit-identical")
+def restore_generator_states(state: dict[str, Any], dataset: Any) -> bool:
+    """Restore what :func:`generator_states` saved. False (and the transforms left as they are) when the
+    dataset's transforms are not the ones checkpointed."""
+    version, keys, gauss = state["python"]
+    random.setstate((version, tuple(keys), gauss))
+    np.random.set_state(_numpy_tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generators = transform_generators(dataset) if dataset is not None else []
+    if len(generators) != len(state["transforms"]):
+        return False
+    for generator, saved in zip(generators, state["transforms"]):
+        generator.set_state(_numpy_tuple(saved))
+    return True

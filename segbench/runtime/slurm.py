@@ -13,7 +13,7 @@
 and, while the jobs run, a line when a job changes state (pending, running, requeued), so a sweep never
 waits in silence. A job that does not finish does not stop the others: the launcher waits for all of
 them and marks each one that Slurm ended without a result (cancelled, out of time, node failure) in
-its ``run.json``; :class:`segbench.runtime.sweep.SweepReport` then names every unfinished job and exits 1.
+its ``run.json``; :class:`segbench.runtime.callbacks.SweepReport` then names every unfinished job and exits 1.
 
 In the job, a job that failed (its ``run.json`` says ``failed``) ends with an error, so that Slurm
 records it as FAILED rather than COMPLETED; and submitit's signal handler logs through a queue, so
@@ -36,9 +36,9 @@ from typing import Any, Sequence
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
+from omegaconf import OmegaConf
 
-from ..config import unwrap
-from ..errors import ConfigError, SegbenchError
+from ..errors import ConfigError, SegbenchError, SlurmJobError, unwrap
 
 #: sbatch(1) on --signal: "the signal may be sent up to 60 seconds earlier than specified"
 SIGNAL_EARLY_S = 60
@@ -50,8 +50,29 @@ ENDED_STATES = {"CANCELLED": "interrupted", "TIMEOUT": "interrupted", "PREEMPTED
                 "OUT_OF_MEMORY": "failed", "FAILED": "failed"}
 
 
-class SlurmJobError(SegbenchError):
-    """Raised at the end of a Slurm job whose run failed, so that Slurm records the job as FAILED."""
+def device_count(devices) -> int:
+    """Processes a Lightning ``devices`` value starts on a node: 4 -> 4, [0, 1] / "0,1" -> 2, "auto" / -1 -> 1."""
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
+        return len(devices)
+    text = str(devices).strip()
+    if "," in text:
+        return len([d for d in text.split(",") if d.strip()])
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
+def slurm_gpus(accelerator, devices) -> int | None:
+    """GPUs a Slurm job asks for per node (``hydra/launcher=slurm``): one per device on ``trainer=gpu``
+    (and ``auto``, which the launcher drops on a partition without GPUs), none on ``trainer=cpu``."""
+    return None if str(accelerator) == "cpu" else device_count(devices)
+
+
+def slurm_cpus(num_workers, accelerator) -> int:
+    """CPUs per Slurm task: the training process plus one per loader worker. ``data.num_workers: auto``
+    (:mod:`segbench.data.loader`) uses no worker on a CPU trainer and up to 7 beside a GPU, so it asks
+    for 1 and 8 CPUs."""
+    if str(num_workers).strip() == "auto":
+        return 1 if str(accelerator) == "cpu" else 8
+    return int(num_workers) + 1
 
 
 def explain_stop(exc: BaseException) -> BaseException:

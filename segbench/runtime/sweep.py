@@ -17,33 +17,21 @@ not trained again, interrupted ones resume from their ``checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
-import re
-import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
 
-from .rundir import RUN_FILE, read_status
+from ..files import find_dirs
+from .rundir import has_run_file, read_status
 
 #: statuses of a job that ended well (a job found finished and not retrained keeps ``done``)
 FINISHED = ("done",)
 
 
-def _natural_key(path: Path) -> list:
-    return [int(tok) if tok.isdigit() else tok for tok in re.split(r"(\d+)", str(path))]
-
-
 def job_statuses(sweep_dir: Path) -> dict[Path, dict[str, Any]]:
-    """``run.json`` of every job directory below ``sweep_dir`` (not submitit's own folder), in job order."""
-    sweep_dir = Path(sweep_dir)
-    found = {}
-    for path in sorted(sweep_dir.rglob(RUN_FILE), key=_natural_key):
-        if ".submitit" in path.relative_to(sweep_dir).parts:
-            continue
-        found[path.parent] = read_status(path.parent) or {"status": "unreadable run.json"}
-    return found
+    """``run.json`` of every job directory at or below ``sweep_dir`` (not submitit's own folder), in job order."""
+    return {job: read_status(job) or {"status": "unreadable run.json"}
+            for job in find_dirs(sweep_dir, has_run_file)}
 
 
 def describe_job(job_dir: Path, sweep_dir: Path, status: dict[str, Any]) -> str:
@@ -68,15 +56,3 @@ def unfinished_report(sweep_dir: Path) -> str | None:
     if len(lines) == 1:
         return f"segbench-train: error: {head}: {lines[0]}"
     return "\n  ".join([f"segbench-train: error: {head}:", *lines])
-
-
-class SweepReport(Callback):
-    """At the end of a multirun: exit 1 naming every job that did not finish, with its error."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        message = unfinished_report(sweep_dir) if sweep_dir.is_dir() else None
-        if message:
-            # Hydra turns a callback's exception into a warning: the exit status is set here
-            print(message, file=sys.stderr)
-            raise SystemExit(1)

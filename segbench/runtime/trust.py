@@ -35,6 +35,18 @@ ALLOWED_PACKAGES = ("segbench", "torch.optim", "pytorch_lightning.callbacks", "p
 ALLOWED_CLASSES = ("pytorch_lightning.Trainer", "pytorch_lightning.trainer.trainer.Trainer",
                    "lightning.pytorch.Trainer")
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+#: where classes that a run directory written before the package was laid out by role names live now
+#: (segbench 0.1.0's top-level modules; applied by :func:`current_targets`, so old runs stay readable)
+MOVED_TARGETS = {
+    "segbench.callbacks.": "segbench.runtime.callbacks.",
+    "segbench.config.CheckOutputDir": "segbench.runtime.callbacks.CheckOutputDir",
+    "segbench.sweep.SweepReport": "segbench.runtime.callbacks.SweepReport",
+    "segbench.checkpoint.": "segbench.runtime.checkpoint.",
+    "segbench.evaluation.": "segbench.metrics.results.",
+    "segbench.metrics.evaluate.": "segbench.metrics.scoring.",
+    "segbench.inference.": "segbench.models.inference.",
+    "segbench.overlays.": "segbench.report.overlays.",
+}
 
 
 def _inside(name: str, packages: Iterable[str]) -> bool:
@@ -52,6 +64,24 @@ def targets(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     elif isinstance(node, (list, tuple)):
         for i, value in enumerate(node):
             yield from targets(value, f"{prefix}{i}.")
+
+
+def current_target(target: Any) -> Any:
+    """``target`` with a module that has moved (:data:`MOVED_TARGETS`) replaced by where it lives now."""
+    if isinstance(target, str):
+        for old, new in MOVED_TARGETS.items():
+            if target == old or (old.endswith(".") and target.startswith(old)):
+                return new + target[len(old):]
+    return target
+
+
+def current_targets(node: Any) -> Any:
+    """A plain container with every ``_target_`` passed through :func:`current_target` (a copy)."""
+    if isinstance(node, dict):
+        return {k: current_target(v) if k == "_target_" else current_targets(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [current_targets(v) for v in node]
+    return node
 
 
 def check_target(target: Any, key: str, trusted_modules: Iterable[str] = (), source: str = "the config") -> None:
@@ -95,5 +125,6 @@ def checked_config(cfg, trusted_modules: Iterable[str] = (), source: str = "the 
     except Exception as exc:  # noqa: BLE001 - an interpolation that does not resolve here
         raise ConfigError(f"{source} does not resolve ({type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+    container = current_targets(container)
     check_targets(container, trusted_modules, source)
     return OmegaConf.create(container)

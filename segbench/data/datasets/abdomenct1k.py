@@ -17,9 +17,10 @@ import logging
 import re
 from pathlib import Path
 
+from ...files import natural_key
 from ...errors import DataError
 from ..volume import CaseRef, Volume, load_nifti_case
-from .common import check_label_values, natural_key, require_root
+from .common import check_label_values, require_root
 
 log = logging.getLogger("segbench.data")
 

@@ -38,10 +38,11 @@ from typing import Sequence
 
 import numpy as np
 
+from ...files import natural_key
 from ...errors import ConfigError, DataError
 from ..preprocess import normalize_percentile
 from ..volume import CaseRef, Volume
-from .common import natural_key, require_root
+from .common import require_root
 
 log = logging.getLogger("segbench.data")
 

@@ -1,19 +1,13 @@
-"""Helpers shared by the dataset sources: natural sorting, label checks, finding a layout's root."""
+"""Helpers shared by the dataset sources: label checks, finding a layout's root."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from ...errors import DataError
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders ``img2`` before ``img10`` (digit runs compared as numbers)."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(name))]
 
 
 def check_label_values(label: np.ndarray, allowed: Iterable[int], path: Path | str, what: str) -> None:

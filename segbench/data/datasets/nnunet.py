@@ -26,10 +26,11 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
+from ...files import natural_key
 from ...errors import DataError
 from ..preprocess import normalize_percentile
 from ..volume import CaseRef, Volume, load_nifti_case
-from .common import check_label_values, natural_key, require_root
+from .common import check_label_values, require_root
 
 log = logging.getLogger("segbench.data")
 

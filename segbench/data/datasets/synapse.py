@@ -23,17 +23,17 @@ spleen, kidney_r, kidney_l, gallbladder, liver, stomach, aorta, pancreas):
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ...files import natural_key, replace_atomically
 from ...errors import ConfigError, DataError
 from ..sources import NiftiFolderSource
 from ..volume import CaseRef, Volume, apply_label_map, load_nifti_case
-from .common import check_label_values, first_dir, integral_label, listed_path, natural_key, require_root
+from .common import check_label_values, first_dir, integral_label, listed_path, require_root
 
 log = logging.getLogger("segbench.data")
 
@@ -255,16 +255,6 @@ class SynapseSource:
 
 
 # -- raw BTCV -> TransUNet layout ----------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def convert_btcv(raw_dir: str | Path, out_dir: str | Path, train_ids: Sequence[str] = SYNAPSE_TRAIN,
                  test_ids: Sequence[str] = SYNAPSE_TEST, window: Sequence[float] = (-125, 275),
                  overwrite: bool = False, progress: bool = True) -> dict[str, int]:
@@ -314,7 +304,7 @@ def convert_btcv(raw_dir: str | Path, out_dir: str | Path, train_ids: Sequence[s
                     with open(tmp, "wb") as fh:
                         np.savez_compressed(fh, image=image[z], label=vol.label[z].astype(np.float32),
                                             spacing=spacing)
-                _atomic_write(out / "train_npz" / f"{names[z]}.npz", write)
+                replace_atomically(out / "train_npz" / f"{names[z]}.npz", write)
                 written += 1
         else:
             path = out / "test_vol_h5" / f"case{case_id}.npy.h5"
@@ -327,9 +317,9 @@ def convert_btcv(raw_dir: str | Path, out_dir: str | Path, train_ids: Sequence[s
                     fh.create_dataset("image", data=window_hu(vol.image, window), compression="gzip")
                     fh.create_dataset("label", data=vol.label.astype(np.float32), compression="gzip")
                     fh.attrs["spacing"] = np.asarray(vol.spacing, np.float64)
-            _atomic_write(path, write)
+            replace_atomically(path, write)
             written += 1
     lists = out / "lists_Synapse"
-    _atomic_write(lists / "train.txt", lambda tmp: tmp.write_text("\n".join(slice_names) + "\n"))
-    _atomic_write(lists / "test_vol.txt", lambda tmp: tmp.write_text("\n".join(f"case{c}" for c in test_ids) + "\n"))
+    replace_atomically(lists / "train.txt", lambda tmp: tmp.write_text("\n".join(slice_names) + "\n"))
+    replace_atomically(lists / "test_vol.txt", lambda tmp: tmp.write_text("\n".join(f"case{c}" for c in test_ids) + "\n"))
     return {"train_slices": len(slice_names), "test_volumes": len(test_ids), "files_written": written}
