@@ -1,4 +1,5 @@
-"""Per-case evaluation and the results contract.
+"""The results contract: a run's test cases scored one by one (:class:`CaseEvaluator`), then written as
+``per_case.csv`` and ``summary.json``.
 
 After testing, a run directory holds::
 
