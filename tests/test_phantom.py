@@ -18,8 +18,8 @@ import pytest
 from scipy import ndimage
 
 from segbench import SYNAPSE_ORGANS
-from segbench.data import phantom
 from segbench.data.phantom import PhantomSpec, Tissue, case_seed, ensure_phantom, generate_case, synthesize_case
+from segbench.data.phantom import cache as phantom_cache
 
 SMALL = PhantomSpec(num_cases=3, size=96, slice_thickness=(8.0,))
 ORGAN_ID = {name: label for label, name in SYNAPSE_ORGANS.items()}
@@ -260,8 +260,9 @@ def test_dataset_json_describes_every_case(cache):
 
 
 def counting(monkeypatch, fail: bool = False, delay_s: float = 0.0) -> list[int]:
-    """Replace generate_case by a wrapper that records each call (and fails or waits if asked)."""
-    calls, original = [], phantom.generate_case
+    """Replace generate_case, where ensure_phantom calls it, by a wrapper that records each call (and
+    fails or waits if asked)."""
+    calls, original = [], phantom_cache.generate_case
 
     def wrapper(seed, spec):
         calls.append(seed)
@@ -270,7 +271,7 @@ def counting(monkeypatch, fail: bool = False, delay_s: float = 0.0) -> list[int]
         time.sleep(delay_s)
         return original(seed, spec)
 
-    monkeypatch.setattr(phantom, "generate_case", wrapper)
+    monkeypatch.setattr(phantom_cache, "generate_case", wrapper)
     return calls
 
 
