@@ -11,9 +11,11 @@ config builds (:mod:`segbench.runtime.checkpoint`) before anything is tested.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,8 @@ from ..config import PROJECT_ROOT
 from ..errors import USER_ERRORS, CheckpointError, ConfigError, DataError, SegbenchError, first_line, report_error, unwrap
 from ..files import atomic_write_text
 from .checks import NO_CHECKPOINT, check_run_config, test_checkpoint
+
+log = logging.getLogger("segbench")
 
 
 def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -39,7 +43,7 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     from ..metrics.results import format_table
     from . import rundir
     from .build import build, build_trainer
-    from .console import report
+    from .console import device_line, report
     from .distributed import one_run_directory
     from .runinfo import device_description, git_revision, package_versions
 
@@ -57,6 +61,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     datamodule, module = build(cfg)
     trainer = build_trainer(cfg, output_dir)
     main_rank = trainer.global_rank == 0
+    if main_rank:
+        log.info(device_line(trainer))  # for Lightning's device banner (segbench.runtime.console)
     resume_from = cfg.get("ckpt_path") or rundir.resume_checkpoint(output_dir, cfg)
     if resume_from:  # loads (weights_only=True), holds a training state, fits this model: or one line
         from .checkpoint import check_matches, check_training_checkpoint, load_checkpoint
@@ -215,7 +221,7 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict:
     from ..metrics.results import format_table
     from .build import build
     from .checkpoint import check_matches, load_checkpoint, safe_checkpoint_io, weights_only_kwargs
-    from .console import interactive, report
+    from .console import EVAL_CALLBACKS_HINT, device_line, interactive, report
     from .runinfo import device_description, git_revision, package_versions
 
     start = time.time()
@@ -229,9 +235,13 @@ def evaluate_checkpoint(cfg: DictConfig, output_dir: Path) -> dict:
     trainer = pl.Trainer(**OmegaConf.to_container(cfg.trainer), logger=False, enable_checkpointing=False,
                          default_root_dir=str(output_dir), enable_model_summary=False,
                          enable_progress_bar=interactive(), plugins=[safe_checkpoint_io()])
+    if trainer.global_rank == 0:
+        log.info(device_line(trainer))  # for Lightning's device banner (segbench.runtime.console)
     datamodule.prepare_data()
-    trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False,
-                 **weights_only_kwargs(trainer.test))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=EVAL_CALLBACKS_HINT)  # testing needs no training callbacks
+        trainer.test(module, datamodule=datamodule, ckpt_path=str(cfg.ckpt_path), verbose=False,
+                     **weights_only_kwargs(trainer.test))
     extra = {"run": {"output_dir": str(output_dir), "checkpoint": str(Path(cfg.ckpt_path).resolve()),
                      "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
                      "device": device_description(), "wall_time_s": round(time.time() - start, 1)},
