@@ -30,8 +30,8 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.losses import build_loss  # noqa: E402
-from segbench.ops.edt import distance_transform_edt  # noqa: E402
+from segbench.losses import build_loss  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.ops.edt import distance_transform_edt  # noqa: E402 - imported once sys.path holds the checkout
 
 SHAPES = {"2d": (24, 9, 224, 224), "3d": (2, 9, 96, 96, 96)}
 LOSSES = ["boundary", "hausdorff_dt", "hausdorff_er", "hausdorff_cv", "active_contour", "level_set", "cldice",
@@ -103,14 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         target = organ_target(shape)
         masks = boundary_masks(target, shape[1])
         both = torch.cat([masks, ~masks])
-        scipy_ms = timed(lambda: scipy_maps(masks.numpy()), args.repeats, False)
+        scipy_ms = timed(lambda masks=masks: scipy_maps(masks.numpy()), args.repeats, False)
         reference = np.stack([ndimage.distance_transform_edt(m) for m in both.numpy()])
         for device in devices:
             cuda = device == "cuda"
             dev_masks = both.to(device)
             for dtype in () if args.no_edt else (torch.float32, torch.float64):
-                ms = timed(lambda: distance_transform_edt(dev_masks, spatial_dims=len(shape) - 2, dtype=dtype),
-                           args.repeats, cuda)
+                dims = len(shape) - 2
+                ms = timed(lambda masks=dev_masks, dims=dims, dtype=dtype:
+                           distance_transform_edt(masks, spatial_dims=dims, dtype=dtype), args.repeats, cuda)
                 err = (distance_transform_edt(dev_masks, spatial_dims=len(shape) - 2, dtype=dtype).cpu().double()
                        - torch.from_numpy(reference)).abs().max()
                 what = f"EDT of {len(masks)} masks x 2 ({str(dtype)[6:]})"
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 loss = monai if name.startswith("monai") else build_loss(name, num_classes=shape[1]).to(device)
                 target_arg = dev_target.unsqueeze(1) if name.startswith("monai") else dev_target
 
-                def step():
+                def step(logits=logits, loss=loss, target_arg=target_arg):
                     logits.grad = None
                     loss(logits, target_arg).backward()
 

@@ -23,16 +23,16 @@ import csv
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench import SYNAPSE_ORGANS  # noqa: E402
-from segbench.losses import available_losses, build_loss  # noqa: E402
+from segbench import SYNAPSE_ORGANS  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.losses import available_losses, build_loss  # noqa: E402 - imported once sys.path holds the checkout
 
 CLASS_NAMES = ["background"] + [SYNAPSE_ORGANS[k] for k in sorted(SYNAPSE_ORGANS)]
 SHAPES = {"2d": (24, 9, 224, 224), "3d": (2, 9, 96, 96, 96)}
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
                 fns.append(lambda x, t, loss=loss, maps=maps: loss(x, t, maps=maps))
             try:
                 timings = time_fns(fns, logits, target, args.repeats, args.warmup)
-            except Exception as error:  # a loss that cannot run at this size is reported, not fatal
+            except Exception as error:  # noqa: BLE001 - a loss that cannot run at this size is reported, not fatal
                 print(f"{name} [{shape_name}] failed: {error}", file=sys.stderr)
                 timings = [float("nan")] * len(fns)
             ours = timings[0]

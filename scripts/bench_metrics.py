@@ -100,7 +100,9 @@ def run_monai(gt, pred, spacing, labels):
     n = max(labels) + 1
     g = torch.from_numpy(gt).long()[None, None]
     p = torch.from_numpy(pred).long()[None, None]
-    onehot = lambda x: torch.zeros((1, n) + x.shape[2:], dtype=torch.uint8).scatter_(1, x, 1)  # noqa: E731
+    def onehot(x):
+        return torch.zeros((1, n) + x.shape[2:], dtype=torch.uint8).scatter_(1, x, 1)
+
     g1, p1 = onehot(g), onehot(p)
 
     def go():
@@ -164,7 +166,8 @@ def main() -> None:
     print()
     print(f"Convention: {describe('default')}")
     print()
-    head = "| label | organ | GT mL | DSC ours | DSC MONAI | HD95 ours (mm) | HD95 MONAI (mm) | HD95 medpy-pooled ours (mm) |"
+    head = ("| label | organ | GT mL | DSC ours | DSC MONAI | HD95 ours (mm) | HD95 MONAI (mm) "
+            "| HD95 medpy-pooled ours (mm) |")
     sep = "|---|---|---|---|---|---|---|---|"
     if medpy is not None:
         head += f" ours medpy-conv. {tuple(args.medpy_size)} | medpy hd95 {tuple(args.medpy_size)} |"

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.config import CONFIG_DIR  # noqa: E402
-from segbench.errors import unwrap  # noqa: E402
-from segbench.models import MODELS  # noqa: E402
-from segbench.models.common import parameter_count  # noqa: E402
+from segbench.config import CONFIG_DIR  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.errors import unwrap  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.models import MODELS  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.models.common import parameter_count  # noqa: E402 - imported once sys.path holds the checkout
 
 #: the dimensionalities each model supports
 DIMS = {"unet": (2, 3), "unet3d": (3,), "unetpp": (2, 3), "attention_unet": (2, 3), "segresnet": (2, 3),
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 y = torch.randint(0, 9, (shape[0], *shape[2:]), device=device)
                 seconds = time_step(net, x, y, device, args.precision, args.warmup, args.repeats)
                 row["ms_per_step"] = f"{1000 * seconds:.0f}"
-            except Exception as exc:  # report and go on: one model must not hide the others
+            except Exception as exc:  # noqa: BLE001 - report and go on: one model must not hide the others
                 row["note"] = str(unwrap(exc)).splitlines()[0][:90]
             finally:
                 if device.type == "cuda":

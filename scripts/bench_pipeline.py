@@ -45,7 +45,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.config import CONFIG_DIR  # noqa: E402
+from segbench.config import CONFIG_DIR  # noqa: E402 - imported once sys.path holds the checkout
 
 #: the overrides of each setting: "paper" = the AFW-Dice paper's 2D settings, "quickstart" = the default run
 TRAIN_SETTINGS = {"paper": ["~experiment"], "quickstart": []}
@@ -57,7 +57,8 @@ QUICK_3D = ["data.phantom.num_cases=3", "data.phantom.size=96", "data.phantom.sl
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))

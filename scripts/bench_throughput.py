@@ -41,8 +41,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segbench.config import CONFIG_DIR  # noqa: E402
-from segbench.errors import unwrap  # noqa: E402
+from segbench.config import CONFIG_DIR  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.errors import unwrap  # noqa: E402 - imported once sys.path holds the checkout
 
 BASIC_UNET = {"_target_": "monai.networks.nets.BasicUNet", "spatial_dims": 2, "in_channels": 1, "out_channels": 9}
 #: --quick: a tiny phantom and network (a dry run of the script, not a measurement)
@@ -51,7 +51,8 @@ QUICK = {"data.phantom.size": "96", "data.phantom.slice_thickness": "[10.0]", "d
 
 
 def compose(*overrides: str):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         return hydra_compose("train", overrides=list(overrides))
@@ -162,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", default="no,yes", help="no, yes or both (no,yes)")
     parser.add_argument("--compile-backend", default="inductor", help="eager: a dry run of the compile path")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA (trainer=gpu), fp32 on CPU")
-    parser.add_argument("--cases", type=int, default=None, help="phantom training cases (~85-90 slices each: 16 fill one epoch of 48 steps)")
+    parser.add_argument("--cases", type=int, default=None,
+                        help="phantom training cases (~85-90 slices each: 16 fill one epoch of 48 steps)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--profile-steps", type=int, default=None)
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(temporary.name) / f"{model}-{int(compiled)}"
             try:
                 row = run_one(args, model, compiled, data_dir, workdir)
-            except Exception as exc:  # one row must not hide the others
+            except Exception as exc:  # noqa: BLE001 - one row must not hide the others
                 row = {c: "" for c in columns} | {"model": model, "compile": "yes" if compiled else "no",
                                                   "note": str(unwrap(exc)).splitlines()[0][:120]}
             finally:

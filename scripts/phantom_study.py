@@ -17,7 +17,8 @@ thread count is deterministic, so the same command gives the same numbers, file 
 The document is built from the runs' ``results/per_case.csv`` with segbench's own report tools:
 ``segbench-table`` (mean ± std over seeds, paired Wilcoxon signed-rank test against CE + Dice over the
 test cases) and ``segbench-figures gamma``; the plateau figure reads ``val/dice`` from each run's
-TensorBoard events. Not part of CI (70 min on a 2-core CPU, plus 3.4 min the first time to generate and preprocess the phantom).
+TensorBoard events. Not part of CI (70 min on a 2-core CPU, plus 3.4 min the first time to generate and preprocess
+the phantom).
 """
 
 from __future__ import annotations
@@ -99,7 +100,8 @@ def study_entries() -> list[tuple[str, str, list[str]]]:
     entries = []
     for seed in SEEDS:
         for loss in TABLE1_LOSSES:
-            entries.append(("table1", f"{loss}_seed{seed}", ["experiment=table1_synapse", f"loss={loss}", f"seed={seed}"]))
+            entries.append(("table1", f"{loss}_seed{seed}",
+                            ["experiment=table1_synapse", f"loss={loss}", f"seed={seed}"]))
         for gamma in GAMMAS:
             entries.append(("fig3", f"gamma{gamma}_seed{seed}",
                             ["experiment=fig3_gamma", f"loss.gamma={gamma}", f"seed={seed}"]))
@@ -286,10 +288,12 @@ def plateau_figure(curves: dict[str, dict[int, list[tuple[int, float]]]], out: P
             val = np.array([p[1] for p in pts]) * 100
             seed_lifts[seed] = quarter_stats(val)["lift"]
             ax.plot(ep, val, color=colour, lw=0.6, alpha=0.45)
-            rows += [{"loss": loss, "seed": seed, "epoch": int(e), "val_dsc_percent": f"{v:.4f}"} for e, v in zip(ep, val)]
+            rows += [{"loss": loss, "seed": seed, "epoch": int(e), "val_dsc_percent": f"{v:.4f}"}
+                     for e, v in zip(ep, val)]
             grid = val if grid is None else np.vstack([grid, val])
         mean = grid.mean(axis=0) if grid.ndim > 1 else grid
-        ax.plot(np.arange(1, len(mean) + 1), mean, color=colour, lw=2.0, label=f"{loss} (mean of {len(per_seed)} seeds)")
+        ax.plot(np.arange(1, len(mean) + 1), mean, color=colour, lw=2.0,
+                label=f"{loss} (mean of {len(per_seed)} seeds)")
         stats[loss] = {**quarter_stats(mean), "seed_lifts": seed_lifts}
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation DSC % (mean over organs, 2 cases)")
@@ -356,8 +360,9 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
         "",
         f"- **Runs:** Table 1's four losses ({', '.join(TABLE1_LOSSES)}) and Figure 3's gammas "
         f"({', '.join(str(g) for g in GAMMAS)}; AFW-Dice, every organ focused), seeds {', '.join(map(str, SEEDS))}: "
-        f"{len(jobs)} trainings. " + (f"Figure 3's gamma = 0.25 point is Table 1's AFW-Dice run ({', '.join(j.key for j in shared)}): "
-                                     "its composed config is the same, so it is trained once. " if shared else "")
+        f"{len(jobs)} trainings. "
+        + (f"Figure 3's gamma = 0.25 point is Table 1's AFW-Dice run ({', '.join(j.key for j in shared)}): "
+           "its composed config is the same, so it is trained once. " if shared else "")
         + "Each is `segbench-train experiment=table1_synapse loss=<loss> seed=<s>` or "
           "`segbench-train experiment=fig3_gamma loss.gamma=<g> seed=<s>` with the budget below.",
         "- **Budget** (everything else is the paper experiment's config: in-plane resampling to 1 mm, flips and "
@@ -368,11 +373,13 @@ def render(jobs, train_wall_s, parallel, command, t1, t1_hd, f3, stats, prepare_
         budget,
         "```",
         "",
-        f"- **Machine:** {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"- **Machine:** {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, "
         f"one thread per run, {parallel} runs at a time.",
         f"- **Wall time:** {train_wall_s / 60:.1f} min to train and test the {len(jobs)} runs. Their processes "
         f"used {cpu_s / 60:.0f} CPU minutes (user + system), {cpu_s / 60 / parallel:.0f} min of {parallel} cores: "
-        "what the command takes when nothing else runs. " + (CONTENTION_NOTE if train_wall_s > 1.1 * cpu_s / parallel else "")
+        "what the command takes when nothing else runs. "
+        + (CONTENTION_NOTE if train_wall_s > 1.1 * cpu_s / parallel else "")
         + (f" Before them, generating the phantom and preprocessing its cases took {prepare_s / 60:.1f} min (once: "
            "the runs, and later runs of the command, read the cache)." if prepare_s else ""),
         "- **Metrics:** the `default` convention (HD95 in mm on the phantom's known spacing: the maximum of the two "

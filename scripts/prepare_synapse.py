@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from segbench.data.datasets.synapse import SYNAPSE_TEST, SYNAPSE_TRAIN, convert_btcv  # noqa: E402
-from segbench.errors import SegbenchError  # noqa: E402
+from segbench.data.datasets.synapse import SYNAPSE_TEST, SYNAPSE_TRAIN, convert_btcv  # noqa: E402 - imported once sys.path holds the checkout
+from segbench.errors import SegbenchError  # noqa: E402 - imported once sys.path holds the checkout
 
 
 def main(argv: list[str] | None = None) -> int:

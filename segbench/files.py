@@ -14,8 +14,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 #: how the temporary files of :func:`replace_atomically` start
 TEMPORARY_PREFIX = ".tmp-"

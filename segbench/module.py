@@ -14,7 +14,8 @@ patches and see whole cases (validation, test) through sliding-window inference
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -25,13 +26,13 @@ from torch import nn
 from .data.datamodule import check_label_ids
 from .data.volume import write_prediction
 from .errors import ConfigError
-from .metrics.results import CaseEvaluator
-from .models.inference import argmax_at, check_inference, sliding_window_logits
 from .losses import loss_from_config
 from .losses.base import SegLoss
 from .losses.consistency import check_consistency, perturbation_consistency
-from .runtime.nonfinite import LossWatch
+from .metrics.results import CaseEvaluator
+from .models.inference import argmax_at, check_inference, sliding_window_logits
 from .report.overlays import figure_to_rgb, overlay_figure
+from .runtime.nonfinite import LossWatch
 
 
 def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
@@ -210,7 +211,7 @@ class SegModule(pl.LightningModule):
         else:
             labels = dm.val_set.slices.labels
             # the slices with the most organ classes visible, fixed across epochs
-            richness = torch.tensor([len(torch.unique(l)) for l in labels])
+            richness = torch.tensor([len(torch.unique(label)) for label in labels])
             idx = torch.argsort(richness, descending=True, stable=True)[: self.num_overlays]
             images, labels = dm.val_set.slices.images[idx], labels[idx]
         images = images.to(self.device)

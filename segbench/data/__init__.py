@@ -6,6 +6,7 @@ from .datasets import AbdomenCT1KSource, ChaosSource, NnUNetSource, SynapseSourc
 from .sources import DataSource, NiftiFolderSource, PhantomSource
 from .volume import CaseRef, Volume, load_nifti_case, save_nifti_label, write_prediction
 
-__all__ = ["SegDataModule", "PatchDataModule", "DataSource", "NiftiFolderSource", "PhantomSource", "SynapseSource", "ChaosSource",
+__all__ = ["SegDataModule", "PatchDataModule", "DataSource", "NiftiFolderSource", "PhantomSource", "SynapseSource",
+           "ChaosSource",
            "AbdomenCT1KSource", "NnUNetSource", "CaseRef", "Volume", "load_nifti_case", "save_nifti_label",
            "write_prediction", "resize_slices", "window_hu"]

@@ -26,8 +26,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -123,7 +124,7 @@ class PreprocessCache:
             meta = json.loads((path / "meta.json").read_text())
             arrays = {name[:-4]: np.load(path / name, allow_pickle=False)
                       for name in marker["files"] if name.endswith(".npy")}
-        except Exception as exc:  # missing marker, truncated file, unreadable array: never trust it
+        except Exception as exc:  # noqa: BLE001 - missing marker, truncated file, unreadable array: never trust it
             log.warning("cache entry %s is incomplete or corrupt (%s: %s); rebuilding it",
                         path, type(exc).__name__, exc)
             shutil.rmtree(path, ignore_errors=True)

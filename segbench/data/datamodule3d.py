@@ -26,14 +26,14 @@ Arrays are ``(Z, Y, X)`` and so are ``patch_size`` and ``target_spacing``.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
-from .datamodule import (CaseDataModule, UntrackedCompose, build_augmentation, first_item, label_ids_of,
-                         with_loss_maps)
+from .datamodule import CaseDataModule, UntrackedCompose, build_augmentation, first_item, label_ids_of, with_loss_maps
 from .preprocess import check_target_shape, resize_volume
 from .volume import Volume
 

@@ -8,7 +8,7 @@ steps that are not windowing or slice resizing (those live in :mod:`.datamodule`
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -109,7 +109,7 @@ def _read_nifti(path: Path):
     try:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for truncated / corrupt files
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many types for truncated / corrupt files
         raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); the file is corrupt or truncated, "
                         "replace it (phantom: delete it and it is regenerated)") from None
     if data.ndim != 3:

@@ -14,8 +14,7 @@ A loss of your own, without editing segbench: subclass :class:`SegLoss` and writ
 the class in a loss config, ``_target_: my_module.MyLoss`` (:func:`loss_from_config`).
 """
 
-from . import afw, compound, distribution, region  # noqa: F401  (registration)
-from . import boundary  # noqa: F401
+from . import afw, boundary, compound, distribution, region  # noqa: F401 - importing them registers their losses
 from .base import LossInputs, ModuleLoss, SegLoss
 from .maps import TargetMap, TargetMapBuilder
 from .registry import LOSSES, available_losses, build_loss, loss_from_config, loss_options, register_loss

@@ -16,8 +16,7 @@ import math
 import torch
 from torch import nn
 
-from .base import (CompoundLoss, LossInputs, SegLoss, check_option, check_weight_length, guarded_pow,
-                   parse_class_weights)
+from .base import CompoundLoss, LossInputs, SegLoss, check_option, check_weight_length, guarded_pow, parse_class_weights
 from .distribution import CrossEntropyLoss, FocalLoss
 from .region import DiceLoss, GeneralizedDiceLoss, dice_loss_exact, ratio
 from .registry import register_loss

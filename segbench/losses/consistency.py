@@ -18,7 +18,7 @@ network, not included). Softmax in float32.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

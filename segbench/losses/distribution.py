@@ -11,8 +11,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import (REDUCTIONS, LossInputs, SegLoss, check_option, check_weight_length, class_sums, guarded_pow,
-                   is_sequence, parse_class_weights, reduce)
+from .base import (
+    REDUCTIONS,
+    LossInputs,
+    SegLoss,
+    check_option,
+    check_weight_length,
+    class_sums,
+    guarded_pow,
+    is_sequence,
+    parse_class_weights,
+    reduce,
+)
 from .registry import register_loss
 
 _POW_EPS = 1e-12

@@ -19,7 +19,6 @@ the same label, so the values are the same (tested).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 

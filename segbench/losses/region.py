@@ -23,8 +23,18 @@ from __future__ import annotations
 
 import torch
 
-from .base import (REDUCTIONS, LossInputs, SegLoss, SoftCounts, check_option, check_weight_length, guarded_pow,
-                   is_sequence, parse_class_weights, reduce)
+from .base import (
+    REDUCTIONS,
+    LossInputs,
+    SegLoss,
+    SoftCounts,
+    check_option,
+    check_weight_length,
+    guarded_pow,
+    is_sequence,
+    parse_class_weights,
+    reduce,
+)
 from .registry import register_loss
 
 _TINY = 1e-12   # floor of denominators, only reached with smooth = 0

@@ -13,7 +13,7 @@ the volume the masks are embedded in.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -189,7 +189,8 @@ def _sorted_offsets(sampling: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _local_distances(
-    src: np.ndarray, dst_mask: np.ndarray, dst: np.ndarray, sampling: np.ndarray, offsets: np.ndarray, lengths: np.ndarray
+    src: np.ndarray, dst_mask: np.ndarray, dst: np.ndarray, sampling: np.ndarray, offsets: np.ndarray,
+    lengths: np.ndarray
 ) -> np.ndarray:
     """Exact distance from each ``src`` voxel to the nearest voxel of ``dst_mask`` (see "local")."""
     out = np.empty(len(src))

@@ -18,7 +18,8 @@ Everything stays on the device until one transfer of the per-label results at th
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,8 +68,8 @@ def _resolve_edt(device: torch.device, impl: str):
         raise ValueError(f"edt: unknown implementation {impl!r}; valid: {', '.join(EDT_IMPLS)}")
     if impl in ("auto", "cupy") and device.type == "cuda":
         try:
-            import cupy  # noqa: F401
-            from cupyx.scipy import ndimage as cupy_ndimage  # noqa: F401
+            import cupy  # noqa: F401 - imported to see whether CuPy is installed
+            from cupyx.scipy import ndimage as cupy_ndimage  # noqa: F401 - the same, for its ndimage
 
             return "cupy"
         except ImportError:
@@ -76,7 +77,7 @@ def _resolve_edt(device: torch.device, impl: str):
                 raise ValueError("edt: 'cupy' requested but CuPy is not importable") from None
     if impl in ("auto", "ops"):
         try:
-            from segbench.ops.edt import distance_transform_edt  # noqa: F401
+            from segbench.ops.edt import distance_transform_edt  # noqa: F401 - imported to see whether it loads
 
             return "ops"
         except ImportError:

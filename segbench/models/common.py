@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -113,7 +113,7 @@ def load_pretrained(net: nn.Module, path: str | Path, model: str, strict: bool =
                           f"from local files, never downloaded)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of many kinds
+    except Exception as exc:  # noqa: BLE001 - pickle / zip errors of many kinds
         raise ConfigError(f"model={model}: cannot read model.pretrained_path={path} "
                           f"({type(exc).__name__}: {exc})") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

@@ -10,7 +10,7 @@ whole case, the result is the network's output on the whole case.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -8,14 +8,13 @@ one logits tensor ``[B, num_classes, *spatial]`` from ``forward``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .common import (check_divisible, check_no_depth, check_spatial_dims, check_width, input_size,
-                     require_einops)
+from .common import check_divisible, check_no_depth, check_spatial_dims, check_width, input_size, require_einops
 
 
 class UNetPlusPlus(nn.Module):

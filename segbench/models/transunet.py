@@ -23,7 +23,7 @@ group counts (``gcd(32, C)``) so that small widths work. Random init by default;
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

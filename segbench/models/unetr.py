@@ -11,7 +11,7 @@ them even without cross-attention), and ``num_layers`` is an option (MONAI fixes
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.blocks.dynunet_block import UnetOutBlock
@@ -19,8 +19,7 @@ from monai.networks.blocks.unetr_block import UnetrBasicBlock, UnetrPrUpBlock, U
 from torch import nn
 
 from ..errors import ConfigError
-from .common import (check_divisible, check_no_depth, check_spatial_dims, check_width, input_size,
-                     load_pretrained)
+from .common import check_divisible, check_no_depth, check_spatial_dims, check_width, input_size, load_pretrained
 from .vit import ViT, tokens_to_map
 
 

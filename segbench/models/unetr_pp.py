@@ -38,7 +38,7 @@ made for ``img_size`` (``data.patch_size``; sliding-window inference feeds windo
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,7 @@ here because MONAI's attention block needs the optional ``einops`` package; this
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

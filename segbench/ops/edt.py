@@ -220,7 +220,7 @@ def _dispatch_device(x: torch.Tensor) -> str:
 
 def _has_scipy() -> bool:
     try:
-        import scipy.ndimage  # noqa: F401
+        import scipy.ndimage  # noqa: F401 - imported to see whether SciPy is installed
     except ImportError:
         return False
     return True

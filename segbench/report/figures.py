@@ -17,14 +17,28 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .runs import (FRACTION_METRICS, HIGHER_IS_BETTER, ORGAN_PRESETS, ReportError, Run, check_single_convention,
-                   format_value, get_key, hashable, is_missing, load_runs, mean_over_organs, organ_means)
+from .runs import (
+    FRACTION_METRICS,
+    HIGHER_IS_BETTER,
+    ORGAN_PRESETS,
+    ReportError,
+    Run,
+    check_single_convention,
+    format_value,
+    get_key,
+    hashable,
+    is_missing,
+    load_runs,
+    mean_over_organs,
+    organ_means,
+)
 
 PROG = "segbench-figures"
 METRIC_LABELS = {"dsc": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD", "nsd": "NSD"}

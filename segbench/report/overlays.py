@@ -3,7 +3,7 @@ over each column and a colour key naming the organs, so the picture says what it
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -28,9 +28,10 @@ decreases it but some do not increase it; *falls* when some step decreases it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -167,7 +168,7 @@ def probe_loss(name: str, settings: ProbeSettings) -> tuple[list[dict], str]:
                     with torch.no_grad():
                         value = loss(logits, target_t, **image)
                     value = float(value.detach().float().mean()) if torch.is_tensor(value) else float(value)
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:  # noqa: BLE001 - a loss that fails on a probe case is reported in its row
                     return [], f"forward failed: {_one_line(exc)}"
                 records.append({"loss": name, "object": obj, "error": error, "fraction": float(fraction),
                                 "n_pixels": n_pixels, "object_pixels": n_object, "value": value})

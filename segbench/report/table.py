@@ -21,16 +21,32 @@ import argparse
 import io
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .runs import (FRACTION_METRICS, HIGHER_IS_BETTER, ORGAN_PRESETS, ReportError, Run, case_means,
-                   check_single_convention, differing_keys, format_value, get_key, hashable, is_missing,
-                   load_runs, mean_over_organs, organ_means, summary_mismatches)
+from .runs import (
+    FRACTION_METRICS,
+    HIGHER_IS_BETTER,
+    ORGAN_PRESETS,
+    ReportError,
+    Run,
+    case_means,
+    check_single_convention,
+    differing_keys,
+    format_value,
+    get_key,
+    hashable,
+    is_missing,
+    load_runs,
+    mean_over_organs,
+    organ_means,
+    summary_mismatches,
+)
 
 PROG = "segbench-table"
 METRIC_LABELS = {"dsc": "DSC", "hd95": "HD95", "hd": "HD", "assd": "ASSD", "nsd": "NSD"}
@@ -390,7 +406,10 @@ def render_markdown(table: Table, decimals: int | None = None, std: bool = True)
     (a second row, the first of the body, names the columns)."""
     dec = {c.key: default_decimals(c) if decimals is None else decimals for c in table.columns}
     best = {c.key: _best(table, c, dec[c.key]) for c in table.columns}
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+
+    def esc(text) -> str:
+        return str(text).replace("|", "\\|")
+
     has_p = table.baseline is not None
     header = ["Method", "n"]
     group_header = ["", ""]

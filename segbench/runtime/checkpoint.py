@@ -50,7 +50,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
                                   f"refused to unpickle it (it calls {found.group(1)})") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a torch checkpoint); delete it or "
                               "point ckpt_path at another checkpoint") from None
-    except Exception as exc:  # truncated zip, wrong magic number, ...: torch raises many types
+    except Exception as exc:  # noqa: BLE001 - truncated zip, wrong magic number, ...: torch raises many types
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}: "
                               f"{str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ''}); "
                               "delete it or point ckpt_path at another checkpoint") from None

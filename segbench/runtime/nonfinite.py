@@ -20,9 +20,7 @@ it as ``failed`` in ``run.json`` and no checkpoint of the poisoned weights is wr
 
 from __future__ import annotations
 
-
 import torch
-
 
 
 class LossWatch:

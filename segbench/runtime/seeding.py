@@ -6,9 +6,9 @@ two runs with the same ``seed`` would augment differently. And a run resumed fro
 restarts every generator from wherever the new process left it, so its remaining epochs would
 shuffle and augment differently from the run that was never interrupted.
 
-:class:`~segbench.runtime.callbacks.RandomStateCheckpoint` fixes both, with the functions below. When a fit starts it seeds the training set's
-MONAI transforms from ``seed`` (and the rank); every checkpoint carries the state of every
-generator training draws from (Python, NumPy, torch CPU/CUDA, each transform's own
+:class:`~segbench.runtime.callbacks.RandomStateCheckpoint` fixes both, with the functions below. When a
+fit starts it seeds the training set's MONAI transforms from ``seed`` (and the rank); every checkpoint carries
+the state of every generator training draws from (Python, NumPy, torch CPU/CUDA, each transform's own
 ``RandomState``), and a resumed fit restores them before anything draws from them. A checkpoint
 written at the end of epoch ``k`` therefore continues exactly as the uninterrupted run did.
 
@@ -21,7 +21,8 @@ bit-identically).
 from __future__ import annotations
 
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

@@ -20,7 +20,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-
 from ..files import find_dirs
 from .rundir import has_run_file, read_status
 

@@ -22,7 +22,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..config import PROJECT_ROOT
-from ..errors import USER_ERRORS, CheckpointError, ConfigError, DataError, SegbenchError, first_line, report_error, unwrap
+from ..errors import (
+    USER_ERRORS,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    SegbenchError,
+    first_line,
+    report_error,
+    unwrap,
+)
 from ..files import atomic_write_text
 from .checks import NO_CHECKPOINT, check_run_config, test_checkpoint
 

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import inspect
 import re
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from ..errors import ConfigError
 

@@ -17,8 +17,8 @@ import logging
 import re
 from pathlib import Path
 
-from ...files import natural_key
 from ...errors import DataError
+from ...files import natural_key
 from ..volume import CaseRef, Volume, load_nifti_case
 from .common import check_label_values, require_root
 

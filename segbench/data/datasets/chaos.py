@@ -32,14 +32,14 @@ case; ``filename`` / ``reversed`` force one pairing.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ...files import natural_key
 from ...errors import ConfigError, DataError
+from ...files import natural_key
 from ..preprocess import normalize_percentile
 from ..volume import CaseRef, Volume
 from .common import require_root
@@ -84,7 +84,7 @@ def read_dicom_series(paths: Sequence[Path], rescale: bool = True) -> DicomSerie
         try:
             ds = pydicom.dcmread(str(path))
             arr = ds.pixel_array
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a corrupt file
             raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); the DICOM file is corrupt or "
                             "truncated, replace it") from None
         if arr.ndim != 2:
@@ -154,7 +154,7 @@ def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
     try:
         with Image.open(path) as img:
             mask = np.asarray(img)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for a corrupt file
         raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); the PNG is corrupt or truncated") from None
     if mask.ndim == 3:  # grey stored as RGB(A)
         if not (mask[..., :3] == mask[..., :1]).all():

@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from ...files import natural_key
 from ...errors import DataError
+from ...files import natural_key
 from ..preprocess import normalize_percentile
 from ..volume import CaseRef, Volume, load_nifti_case
 from .common import check_label_values, require_root

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from ...files import natural_key, replace_atomically
 from ...errors import ConfigError, DataError
+from ...files import natural_key, replace_atomically
 from ..sources import NiftiFolderSource
 from ..volume import CaseRef, Volume, apply_label_map, load_nifti_case
 from .common import check_label_values, first_dir, integral_label, listed_path, require_root
@@ -211,7 +211,7 @@ class SynapseSource:
                 spacing = fh.attrs.get("spacing")
         except DataError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - h5py raises many types for a corrupt file
             raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); the file is corrupt or truncated, "
                             "replace it") from None
         if image.ndim != 3:
@@ -236,7 +236,7 @@ class SynapseSource:
                         spacing = tuple(float(s) for s in data["spacing"])
             except DataError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - numpy's npz reader raises many types for a corrupt file
                 raise DataError(f"cannot read {path} ({type(exc).__name__}: {exc}); the file is corrupt or "
                                 "truncated, replace it") from None
             if image.ndim != 2:
@@ -300,10 +300,9 @@ def convert_btcv(raw_dir: str | Path, out_dir: str | Path, train_ids: Sequence[s
             image = window_hu(vol.image, window)
             spacing = np.asarray(vol.spacing, np.float64)
             for z in todo:
-                def write(tmp, z=z):
+                def write(tmp, image_z=image[z], label_z=vol.label[z], spacing=spacing):
                     with open(tmp, "wb") as fh:
-                        np.savez_compressed(fh, image=image[z], label=vol.label[z].astype(np.float32),
-                                            spacing=spacing)
+                        np.savez_compressed(fh, image=image_z, label=label_z.astype(np.float32), spacing=spacing)
                 replace_atomically(out / "train_npz" / f"{names[z]}.npz", write)
                 written += 1
         else:
@@ -312,7 +311,7 @@ def convert_btcv(raw_dir: str | Path, out_dir: str | Path, train_ids: Sequence[s
                 continue
             vol = src.load(refs[case_id])
 
-            def write(tmp):
+            def write(tmp, vol=vol):
                 with h5py.File(tmp, "w") as fh:
                     fh.create_dataset("image", data=window_hu(vol.image, window), compression="gzip")
                     fh.create_dataset("label", data=vol.label.astype(np.float32), compression="gzip")
@@ -321,5 +320,6 @@ def convert_btcv(raw_dir: str | Path, out_dir: str | Path, train_ids: Sequence[s
             written += 1
     lists = out / "lists_Synapse"
     replace_atomically(lists / "train.txt", lambda tmp: tmp.write_text("\n".join(slice_names) + "\n"))
-    replace_atomically(lists / "test_vol.txt", lambda tmp: tmp.write_text("\n".join(f"case{c}" for c in test_ids) + "\n"))
+    test_list = "\n".join(f"case{c}" for c in test_ids) + "\n"
+    replace_atomically(lists / "test_vol.txt", lambda tmp: tmp.write_text(test_list))
     return {"train_slices": len(slice_names), "test_volumes": len(test_ids), "files_written": written}

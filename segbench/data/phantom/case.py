@@ -8,15 +8,40 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .anatomy import (AORTA_DIAMETER_MM, BODY_WALL_MUSCLE_MM, CAVITY_HALF_AXES, GALLBLADDER_CENTRE, KIDNEY_CENTRE,
-                      KIDNEY_HALF_AXES, NOISE_SIGMA_HU, ORGAN_VOLUME_JITTER, ORGAN_VOLUME_ML, PATIENT_SCALE_RANGE,
-                      POSITION_JITTER_MM, RIGHT_DOME, SPLEEN_CENTRE, SUBCUTANEOUS_FAT_MM, TUBES)
+from .anatomy import (
+    AORTA_DIAMETER_MM,
+    BODY_WALL_MUSCLE_MM,
+    CAVITY_HALF_AXES,
+    GALLBLADDER_CENTRE,
+    KIDNEY_CENTRE,
+    KIDNEY_HALF_AXES,
+    NOISE_SIGMA_HU,
+    ORGAN_VOLUME_JITTER,
+    ORGAN_VOLUME_ML,
+    PATIENT_SCALE_RANGE,
+    POSITION_JITTER_MM,
+    RIGHT_DOME,
+    SPLEEN_CENTRE,
+    SUBCUTANEOUS_FAT_MM,
+    TUBES,
+)
 from .geometry import Grid
 from .painting import Painter
 from .spec import PhantomSpec
-from .structures import (paint_body, paint_bowel, paint_diaphragm_lungs_heart, paint_gallbladder, paint_hollow,
-                         paint_kidney, paint_liver, paint_pancreas, paint_ribs, paint_spine_and_muscles, paint_spleen,
-                         paint_tube)
+from .structures import (
+    paint_body,
+    paint_bowel,
+    paint_diaphragm_lungs_heart,
+    paint_gallbladder,
+    paint_hollow,
+    paint_kidney,
+    paint_liver,
+    paint_pancreas,
+    paint_ribs,
+    paint_spine_and_muscles,
+    paint_spleen,
+    paint_tube,
+)
 from .tissues import HU_TIED, LABEL_OF_TISSUE, TISSUE_TABLE, Tissue
 
 

@@ -4,7 +4,7 @@ volume, without stray islands)."""
 from __future__ import annotations
 
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage

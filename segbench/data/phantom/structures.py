@@ -3,14 +3,33 @@ heart, vessels, kidneys, spleen, pancreas, gallbladder, stomach, liver and bowel
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from .anatomy import (BODY_WALL_MUSCLE_MM, CANAL_CENTRE_Y, CANAL_RADIUS, DISC_HEIGHT_MM, DOME_DROP_MM, DOME_RADIUS_MM,
-                      GALLBLADDER_AXIS, GALLBLADDER_HALF_AXES, KIDNEY_HALF_AXES, LEFT_DOME, LIVER_LEFT_LOBE,
-                      LIVER_RIGHT_LOBE, LIVER_X, OUTLINE_EXPONENT, RIGHT_DOME, SMALL_BOWEL_BOX, SPLEEN_HALF_AXES,
-                      TUBES, VERTEBRA_CENTRE_Y, VERTEBRA_HALF_AXES, VERTEBRA_PERIOD_MM)
+from .anatomy import (
+    BODY_WALL_MUSCLE_MM,
+    CANAL_CENTRE_Y,
+    CANAL_RADIUS,
+    DISC_HEIGHT_MM,
+    DOME_DROP_MM,
+    DOME_RADIUS_MM,
+    GALLBLADDER_AXIS,
+    GALLBLADDER_HALF_AXES,
+    KIDNEY_HALF_AXES,
+    LEFT_DOME,
+    LIVER_LEFT_LOBE,
+    LIVER_RIGHT_LOBE,
+    LIVER_X,
+    OUTLINE_EXPONENT,
+    RIGHT_DOME,
+    SMALL_BOWEL_BOX,
+    SPLEEN_HALF_AXES,
+    TUBES,
+    VERTEBRA_CENTRE_Y,
+    VERTEBRA_HALF_AXES,
+    VERTEBRA_PERIOD_MM,
+)
 from .geometry import centre_line, ellipsoid_distance, local_coordinates, smooth_noise, tube_box, tube_distance, unit
 from .painting import Painter
 from .tissues import Tissue
