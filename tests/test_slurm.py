@@ -115,7 +115,7 @@ def test_launcher_defaults_follow_the_trainer():
 
 
 def test_a_request_no_node_can_meet_is_refused_naming_what_is_short(monkeypatch):
-    from segbench import slurm
+    from segbench.runtime import slurm
     from segbench.errors import ConfigError
 
     assert (slurm._gpus("gpu:a100:4(S:0-1),shard:8"), slurm._gpus("gpu:2"), slurm._gpus("(null)")) == (4, 2, 0)

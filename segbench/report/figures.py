@@ -525,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..config import report_error
+    from ..errors import report_error
     from ..errors import SegbenchError
 
     args = build_parser().parse_args(argv)

@@ -594,7 +594,7 @@ def make_table(args: argparse.Namespace, warn) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..config import report_error
+    from ..errors import report_error
     from ..errors import SegbenchError
     from ..files import atomic_write_text
 
