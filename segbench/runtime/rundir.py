@@ -5,6 +5,7 @@ as it goes, so a listing of a sweep directory shows what finished::
 
     {"status": "running" | "done" | "failed" | "interrupted", "attempt": 2, "epoch": 41,
      "started": "...", "updated": "...", "host": "...", "pid": 1234, "resumed_from": ".../last.ckpt",
+     "devices": {"CUDA_VISIBLE_DEVICES": "1", "slot": 1},   # what the job was given (hydra/launcher=gpus)
      "overrides": ["loss=afw_dice", "seed=2"], "mean_dsc": 0.79, "error": "...", "wall_time_s": 812.4,
      "config": {...}}            # the unresolved config of the first attempt
 
@@ -155,8 +156,11 @@ def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resume
     for path in left_over:
         (Path(output_dir) / path).unlink(missing_ok=True)
     fresh = resumed_from is None or "config" not in previous
+    from .runinfo import assigned_devices
+
     fields: dict[str, Any] = {"status": "running", "attempt": int(previous.get("attempt", 0)) + 1,
-                              "host": socket.gethostname(), "pid": os.getpid(), "output_dir": str(output_dir),
+                              "host": socket.gethostname(), "pid": os.getpid(), "devices": assigned_devices(),
+                              "output_dir": str(output_dir),
                               "resumed_from": str(resumed_from) if resumed_from else None, "epoch": None}
     if fresh:
         fields.update(started=_now(), overrides=overrides, config=comparable_config(cfg))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -37,8 +38,20 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def assigned_devices() -> dict[str, Any]:
+    """The devices this process was given: ``CUDA_VISIBLE_DEVICES`` as it saw it (None: unset, every GPU of
+    the machine; ``""``: none) and, under ``hydra/launcher=gpus``, the launcher's slot
+    (:mod:`segbench.runtime.gpus`)."""
+    from .gpus import SLOT_ENV
+
+    info: dict[str, Any] = {"CUDA_VISIBLE_DEVICES": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    if os.environ.get(SLOT_ENV, "").isdigit():
+        info["slot"] = int(os.environ[SLOT_ENV])
+    return info
+
+
 def device_description() -> dict[str, Any]:
-    info: dict[str, Any] = {"host": platform.node(), "cpu_threads": torch.get_num_threads()}
+    info: dict[str, Any] = {"host": platform.node(), "cpu_threads": torch.get_num_threads(), **assigned_devices()}
     if torch.cuda.is_available():
         info["cuda"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info

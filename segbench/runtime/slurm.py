@@ -322,15 +322,9 @@ class SlurmLauncher(_SubmititSlurmLauncher):
             return ret
 
     def _job_dir(self, overrides: Sequence[str], idx: int, sweep_dir: Path) -> Path:
-        from omegaconf import open_dict
+        from .sweep import job_directory
 
-        try:
-            cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-            with open_dict(cfg.hydra.job):
-                cfg.hydra.job.num = idx
-            return sweep_dir / str(cfg.hydra.sweep.subdir)
-        except Exception:  # noqa: BLE001 - an override the config cannot take: the default layout
-            return sweep_dir / str(idx)
+        return job_directory(self.hydra_context, self.config, overrides, idx)
 
     @staticmethod
     def _record(job, exc: Exception, job_dir: Path, overrides: list[str]) -> None:

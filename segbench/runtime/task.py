@@ -181,11 +181,13 @@ def train_task(cfg: DictConfig, output_dir: Path, overrides: list[str], multirun
 def record_failure(output_dir: Path, exc: BaseException, overrides: list[str]) -> None:
     """``results/error.json`` and ``run.json`` status ``failed``, when the run directory can be written."""
     from . import rundir
+    from .runinfo import assigned_devices
 
     try:
         atomic_write_text(output_dir / "results" / "error.json",
                           json.dumps({"error": str(exc), "type": getattr(exc, "type_name", type(exc).__name__)}))
-        rundir.update_status(output_dir, status="failed", overrides=overrides, error=first_line(exc))
+        rundir.update_status(output_dir, status="failed", overrides=overrides, error=first_line(exc),
+                             devices=assigned_devices())
     except OSError:
         pass  # the run directory cannot be written (the error above says so): nothing to record in
 
