@@ -511,8 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..config import report_error
-    from ..errors import SegbenchError
+    from ..errors import SegbenchError, report_error
 
     args = build_parser().parse_args(argv)
     warnings: list[str] = []

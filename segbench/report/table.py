@@ -575,8 +575,7 @@ def make_table(args: argparse.Namespace, warn) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..config import report_error
-    from ..errors import SegbenchError
+    from ..errors import SegbenchError, report_error
     from ..files import atomic_write_text
 
     args = build_parser().parse_args(argv)
