@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,20 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import blob_case, write_case
-
-
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(phantom_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("bad_input") / "smoke"
-    proc = cli("segbench.train", "debug=smoke", "num_threads=1", f"paths.data_dir={phantom_dir}",
-               f"hydra.run.dir={run}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+from helpers import blob_case, cli, write_case
 
 
 def blobs(root: Path, edit=None) -> Path:

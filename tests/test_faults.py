@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,14 +17,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import blob_case, write_case
+from helpers import blob_case, cli, write_case
 from segbench.runtime.checkpoint import CheckpointError, check_training_checkpoint, safe_checkpoint_io
 from segbench.data import NiftiFolderSource, SegDataModule
 from segbench.errors import DataError
-
-
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
 
 
 def datamodule(root: Path, **options) -> SegDataModule:
@@ -36,7 +30,7 @@ def datamodule(root: Path, **options) -> SegDataModule:
 
 
 def float_case(root: Path, case_id: str, image: np.ndarray, label: np.ndarray) -> None:
-    """Like conftest.write_case, but a float32 image (NIfTI can hold NaN / inf only in floats)."""
+    """Like helpers.write_case, but a float32 image (NIfTI can hold NaN / inf only in floats)."""
     write_case(root, case_id, np.nan_to_num(image, posinf=0, neginf=0).astype(np.int16), label)
     affine = np.diag([-0.8, -0.8, 5.0, 1.0])
     nib.save(nib.Nifti1Image(image.astype(np.float32).transpose(2, 1, 0), affine), root / "img" / f"img{case_id}.nii.gz")
@@ -126,15 +120,6 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one(tmp_path, 
     monkeypatch.undo()
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
-
-
-@pytest.fixture(scope="module")
-def smoke_run(phantom_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("faults") / "smoke"
-    proc = cli("segbench.train", "debug=smoke", "num_threads=1", f"paths.data_dir={phantom_dir}",
-               f"hydra.run.dir={run}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
 
 
 def unfinished_copy(smoke_run: Path, tmp_path: Path) -> tuple[Path, object]:

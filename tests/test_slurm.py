@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 SLURM = ["-m", "debug=smoke", "num_threads=1", "hydra/launcher=slurm"]
@@ -37,8 +39,7 @@ def env(tmp_path, phantom_dir) -> dict:
 
 def train(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     # a launcher that waits for ever fails here, not after the suite's patience
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", *SLURM, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = cli("segbench.train", *SLURM, *args, env=env, timeout=timeout)
     print(f"$ segbench-train {' '.join(SLURM + list(args))}\n-> exit {proc.returncode}\n{summary_of(proc)}")
     return proc
 
@@ -115,7 +116,7 @@ def test_launcher_defaults_follow_the_trainer():
 
 
 def test_a_request_no_node_can_meet_is_refused_naming_what_is_short(monkeypatch):
-    from segbench import slurm
+    from segbench.runtime import slurm
     from segbench.errors import ConfigError
 
     assert (slurm._gpus("gpu:a100:4(S:0-1),shard:8"), slurm._gpus("gpu:2"), slurm._gpus("(null)")) == (4, 2, 0)
@@ -223,9 +224,8 @@ def test_a_2x2_sweep_runs_as_four_slurm_jobs_and_makes_one_table(tmp_path, env):
     assert set(sacct_states(arrays).values()) == {"COMPLETED 0:0"}
     names = {json.loads((sweep / j / "results" / "summary.json").read_text())["config"]["run_name"] for j in jobs}
     assert len(names) > 1  # the jobs resolved run_name at their own start
-    table = subprocess.run([sys.executable, "-m", "segbench.report.table", str(sweep), "--group-by", "loss.name",
-                            "--out", str(tmp_path / "report")],
-                           capture_output=True, text=True, env=env)
+    table = cli("segbench.report.table", str(sweep), "--group-by", "loss.name", "--out", str(tmp_path / "report"),
+                env=env)
     print(table.stdout, table.stderr)
     assert table.returncode == 0, table.stderr
     assert "differ" not in table.stderr
@@ -252,9 +252,8 @@ def test_a_ddp_job_of_two_slurm_tasks_writes_one_directory_with_the_single_proce
     ddp = pd.read_csv(job / "results" / "per_case.csv", dtype={"case": str})
     assert len(ddp) == 3 * 8 * 2 and not ddp.duplicated(["case", "organ", "convention"]).any()  # 2 conventions
     # the same checkpoint scored by one process
-    single = subprocess.run([sys.executable, "-m", "segbench.eval", f"ckpt_path={summary['run']['checkpoint']}",
-                             f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, env=env,
-                            timeout=600)
+    single = cli("segbench.eval", f"ckpt_path={summary['run']['checkpoint']}", f"hydra.run.dir={tmp_path / 'eval'}",
+                 env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     assert (tmp_path / "eval" / "results" / "per_case.csv").read_text() == (job / "results" / "per_case.csv").read_text()
 

@@ -5,28 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import blob_case, write_case
+from helpers import blob_case, cli, write_case
 
 ORGANS = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
-
-
-def cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(phantom_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = cli("segbench.train", "debug=smoke", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
 
 
 def read_rows(path: Path) -> list[dict]:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import segbench
-from conftest import blob_case
+from helpers import blob_case, cli
 from segbench.errors import ConfigError
 from segbench.losses import LossInputs, ModuleLoss, SegLoss, loss_from_config
 
@@ -152,10 +152,9 @@ def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_p
 
 
 def test_a_plain_nn_module_loss_trains_through_every_hook(tmp_path, phantom_dir):
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "num_threads=1", "~loss",
-                           "+loss._target_=torch.nn.CrossEntropyLoss", "+loss.label_smoothing=0.1",
-                           f"paths.data_dir={phantom_dir}", f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=600, env=user_env())
+    proc = cli("segbench.train", "debug=smoke", "num_threads=1", "~loss", "+loss._target_=torch.nn.CrossEntropyLoss",
+               "+loss.label_smoothing=0.1", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={tmp_path}/run",
+               env=user_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "results" / "summary.json").read_text())
     assert summary["config"]["loss"] == {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.1}
