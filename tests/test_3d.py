@@ -126,6 +126,7 @@ def test_patch_module_rejects_2d_and_bad_patches(blob_dataset):
 
 
 # -- end to end --------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a 3D training run
 def test_3d_phantom_run_writes_the_results_contract(phantom_dir, tmp_path):
     run_dir = tmp_path / "run3d"
     proc = cli("segbench.train", "debug=smoke", "data=phantom3d", "model=unet3d", "data.patch_size=[16,32,32]",

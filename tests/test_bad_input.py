@@ -147,7 +147,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+#: one case of each kind runs in the fast tier (pytest -m "not slow"); every case runs by default
+FAST_CASES = {"NaN in a scan", "case in val and test", "list entry leaves the root", "corrupt ckpt_path to train",
+              "other-model checkpoint"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=() if c[0] in FAST_CASES else pytest.mark.slow)
+                                  for c in CASES])
 def test_bad_input_stops_with_one_line_and_exit_code_1(case, phantom_dir, smoke_run, tmp_path):
     name, entry, make_args, expected = case
     (tmp_path / "a_file").write_text("")

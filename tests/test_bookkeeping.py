@@ -103,6 +103,7 @@ def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains 2 epochs
 def test_the_test_split_is_scored_with_the_best_validation_checkpoint(rigged_run):
     run, _, test_weights, _ = rigged_run
     tested = torch.load(test_weights, weights_only=True)
@@ -115,6 +116,7 @@ def test_the_test_split_is_scored_with_the_best_validation_checkpoint(rigged_run
     assert summary["run"]["best_val_dice"] == 1.0
 
 
+@pytest.mark.slow  # trains 2 epochs twice
 def test_resume_false_retrains_a_finished_run(rigged_run, tmp_path):
     run, rigged, _, args = rigged_run
     copy = tmp_path / "run"

@@ -51,6 +51,7 @@ def test_options_are_checked_with_their_names():
         check_consistency({"lambda": 1})
 
 
+@pytest.mark.slow  # a training run
 def test_training_with_consistency_logs_it(phantom_dir, tmp_path):
     run_dir = tmp_path / "run"
     proc = cli("segbench.train", "debug=smoke", "consistency.weight=0.5", "consistency.perturbation=flip",

@@ -13,8 +13,11 @@ import json
 import os
 
 import pandas as pd
+import pytest
 
 from helpers import console
+
+pytestmark = pytest.mark.slow  # two gloo processes per run
 
 #: a regression that makes the ranks wait for each other forever fails here, not after the suite's patience
 TIMEOUT = 300

@@ -86,6 +86,7 @@ def test_the_loss_watch_adds_no_host_sync(monkeypatch):
                                            "parts: loss/consistency=0.2)")
 
 
+@pytest.mark.slow  # a training run
 def test_a_diverging_run_stops_in_one_line_and_is_recorded_failed(phantom_dir, tmp_path):
     run = tmp_path / "run"
     proc = cli("segbench.train", "debug=smoke", "optimizer.lr=1e30", "num_threads=1", f"paths.data_dir={phantom_dir}",
@@ -156,6 +157,7 @@ def test_resume_starts_over_when_no_checkpoint_is_sound(smoke_run, tmp_path, cap
     assert out[0].startswith(f"checkpoint {run}/checkpoints/last.ckpt is empty (0 bytes")
 
 
+@pytest.mark.slow  # a second run
 def test_a_truncated_last_checkpoint_no_longer_blocks_the_same_command(smoke_run, phantom_dir, tmp_path):
     """The same command (a Slurm requeue) after a full disk truncated last.ckpt: it resumes and finishes."""
     run, _ = unfinished_copy(smoke_run, tmp_path)
@@ -172,6 +174,7 @@ def test_a_truncated_last_checkpoint_no_longer_blocks_the_same_command(smoke_run
 
 
 # -- pre-flight --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a CLI run (as the bad-input matrix)
 def test_a_truncated_test_case_stops_the_run_before_training(tmp_path):
     root = tmp_path / "ds"
     for i in range(1, 4):
@@ -186,6 +189,7 @@ def test_a_truncated_test_case_stops_the_run_before_training(tmp_path):
     assert "Epoch 0" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a CLI run (as the bad-input matrix)
 def test_a_missing_test_label_stops_the_run_before_training(tmp_path):
     root = tmp_path / "ds"
     for i in range(1, 4):

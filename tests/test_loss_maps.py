@@ -172,6 +172,7 @@ def test_the_option_must_be_a_boolean(blob_dataset):
                       split={"train": 2, "val": 1, "test": 1}, precompute_loss_maps="yes")
 
 
+@pytest.mark.slow  # a training run with a loader worker
 def test_training_with_loader_maps_runs_end_to_end(phantom_dir, tmp_path):
     run_dir = tmp_path / "run"
     proc = cli("segbench.train", "debug=smoke", "loss=boundary", "data.precompute_loss_maps=true",

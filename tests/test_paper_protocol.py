@@ -273,6 +273,7 @@ def flag_values(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
 
 
+@pytest.mark.slow  # a sweep per paper experiment (8), then its table
 @pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
 def test_every_paper_experiment_runs_on_the_phantom_and_its_table_renders(experiment, phantom_dir, tmp_path):
     """The experiment's sweep (one lean job) runs on the phantom, then its OWN report command (the one in

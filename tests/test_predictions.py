@@ -78,6 +78,7 @@ def test_predictions_are_written_by_default_with_the_inputs_affine(oblique_datas
         assert float(rows[label]["dsc"]) == pytest.approx(dice(pred, gt, label), abs=1e-6)
 
 
+@pytest.mark.slow  # a second training run
 def test_save_predictions_false_writes_none(oblique_dataset, tmp_path):
     run_dir = tmp_path / "run"
     train(run_dir, oblique_dataset, "trainer.max_epochs=0", "test.save_predictions=false")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from helpers import cli
@@ -47,6 +48,7 @@ def test_quickstart_description_matches_its_config():
     assert f"{cfg.trainer.max_epochs} short" in text or f"{cfg.trainer.max_epochs} epochs" in text
 
 
+@pytest.mark.slow  # a training run
 def test_tensorboard_tags_in_the_readme_are_the_ones_a_run_writes(phantom_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

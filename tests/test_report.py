@@ -555,6 +555,7 @@ def test_probe_runs_every_registered_loss(tmp_path, capsys):
 # end to end: a real Hydra sweep through the command line, then segbench-table
 
 
+@pytest.mark.slow  # a 6-job sweep
 def test_table_of_a_real_sweep(phantom_dir, tmp_path):
     import os
 

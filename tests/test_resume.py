@@ -15,9 +15,12 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 from helpers import console, script
+
+pytestmark = pytest.mark.slow  # 4 training runs of 3 epochs
 
 KILLER = '''
 """segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH (SEGBENCH_KILL_AT=EPOCH,BATCH)."""

@@ -116,6 +116,7 @@ def test_fig3_sweeps_gamma_from_zero_and_fig4_focuses_4_to_0_organs():
 # sweeps
 
 
+@pytest.mark.slow  # a 2 x 2 sweep through submitit
 def test_table1_subset_through_the_local_submitit_launcher_makes_a_table(phantom_dir, tmp_path, env):
     """A 2 x 2 sweep of experiment=table1_synapse on the phantom, each job in its own process."""
     sweep = tmp_path / "sweep"
@@ -144,6 +145,7 @@ def test_table1_subset_through_the_local_submitit_launcher_makes_a_table(phantom
     assert index.returncode == 0 and index.stderr.strip() == "4 done"
 
 
+@pytest.mark.slow  # a 2-job sweep, then the figure
 def test_fig4_subset_on_the_phantom_makes_its_figure(phantom_dir, tmp_path, env):
     """The figure command of configs/experiment/fig4_focused.yaml on two of its sweep's points."""
     sweep = tmp_path / "sweep"
@@ -161,6 +163,7 @@ def test_fig4_subset_on_the_phantom_makes_its_figure(phantom_dir, tmp_path, env)
     assert (tmp_path / "fig" / "focused.png").is_file() and (tmp_path / "fig" / "focused.pdf").is_file()
 
 
+@pytest.mark.slow  # a 2-job sweep
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(phantom_dir, tmp_path, env):
     """``++loss.gamma`` sets gamma where the loss has it and adds it where it does not: the ce_dice job
     stops at start-up with a one-line error, the afw_dice job trains, the table marks the failure, and
@@ -202,6 +205,7 @@ def test_a_paper_experiment_without_its_dataset_says_so_in_one_line(tmp_path, en
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # 2 Optuna trials
 def test_optuna_search_runs_trials_and_reports_the_best(phantom_dir, tmp_path, env):
     sweep = tmp_path / "optuna"
     proc = console("train", "hparams_search=afw_optuna", "debug=smoke", "num_threads=1", "hydra.sweeper.n_trials=2",

@@ -207,6 +207,7 @@ def test_submitit_signal_handler_logs_from_another_thread():
 # on the cluster
 
 
+@pytest.mark.slow  # the cluster starts in ~10 min (root, apt); its jobs take minutes
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_2x2_sweep_runs_as_four_slurm_jobs_and_makes_one_table(tmp_path, env):
     sweep = tmp_path / "sweep"
@@ -234,6 +235,7 @@ def test_a_2x2_sweep_runs_as_four_slurm_jobs_and_makes_one_table(tmp_path, env):
     assert rows == {"ce_dice": "2", "dice": "2"}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_ddp_job_of_two_slurm_tasks_writes_one_directory_with_the_single_process_results(tmp_path, env):
     sweep = tmp_path / "sweep"
@@ -258,6 +260,7 @@ def test_a_ddp_job_of_two_slurm_tasks_writes_one_directory_with_the_single_proce
     assert (tmp_path / "eval" / "results" / "per_case.csv").read_text() == (job / "results" / "per_case.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_failed_job_leaves_the_others_and_the_sweep_exits_1_naming_it(tmp_path, env):
     sweep = tmp_path / "sweep"
@@ -271,6 +274,7 @@ def test_a_failed_job_leaves_the_others_and_the_sweep_exits_1_naming_it(tmp_path
     assert sacct_states(ids) == {ids[0]: "FAILED 1:0", ids[1]: "COMPLETED 0:0"}  # Slurm knows too
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_an_impossible_request_is_refused_at_submission_in_one_line(tmp_path, env):
     proc = train("hydra.launcher.cpus_per_task=64", f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env, timeout=120)
@@ -284,6 +288,7 @@ def test_an_impossible_request_is_refused_at_submission_in_one_line(tmp_path, en
     assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_cancel_ends_the_launcher_in_one_line_preemption_requeues_and_both_resume_to_identical_results(
         tmp_path, env):
@@ -333,6 +338,7 @@ def test_cancel_ends_the_launcher_in_one_line_preemption_requeues_and_both_resum
     assert (sweep / "0" / "results" / "per_case.csv").read_text() == reference  # cancelled + resumed = too
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_time_limit_requeues_up_to_max_num_timeout_then_names_the_time_limit(tmp_path, env):
     """A job held at epoch 2 until Slurm's limit: SIGUSR2 30 s before its 2 minutes (up to 30 s earlier:
