@@ -116,8 +116,8 @@ def test_launcher_defaults_follow_the_trainer():
 
 
 def test_a_request_no_node_can_meet_is_refused_naming_what_is_short(monkeypatch):
-    from segbench.runtime import slurm
     from segbench.errors import ConfigError
+    from segbench.runtime import slurm
 
     assert (slurm._gpus("gpu:a100:4(S:0-1),shard:8"), slurm._gpus("gpu:2"), slurm._gpus("(null)")) == (4, 2, 0)
     nodes = [{"cpus": 64, "mem_mb": 512000, "gpus": 0}, {"cpus": 32, "mem_mb": 256000, "gpus": 4}]
