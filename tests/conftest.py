@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny NIfTI datasets written in the raw BTCV layout."""
+"""Shared fixtures: tiny NIfTI datasets written in the raw BTCV layout, the session's phantom and smoke run,
+the Slurm test cluster. Plain helpers (commands, dataset writers) are in ``helpers.py``."""
 
 from __future__ import annotations
 
@@ -8,36 +9,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
-
-def write_case(root: Path, case_id: str, image: np.ndarray, label: np.ndarray,
-               spacing=(5.0, 0.8, 0.8), label_affine=None) -> None:
-    """Write (Z, Y, X) arrays as img/imgXXXX.nii.gz + label/labelXXXX.nii.gz (nibabel order X, Y, Z)."""
-    sz, sy, sx = spacing
-    affine = np.diag([-sx, -sy, sz, 1.0])
-    (root / "img").mkdir(parents=True, exist_ok=True)
-    (root / "label").mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(image.transpose(2, 1, 0).astype(np.int16), affine), root / "img" / f"img{case_id}.nii.gz")
-    nib.save(nib.Nifti1Image(label.transpose(2, 1, 0).astype(np.uint8),
-                             affine if label_affine is None else label_affine),
-             root / "label" / f"label{case_id}.nii.gz")
-
-
-def blob_case(seed: int, shape=(12, 64, 64), num_classes: int = 3):
-    """An image whose HU encodes the label (class k -> 100 * k HU over a -500 HU background)."""
-    rng = np.random.default_rng(seed)
-    label = np.zeros(shape, np.uint8)
-    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    for k in range(1, num_classes):
-        # class k lives in its own vertical band of the image, so blobs never overlap
-        band = shape[2] // (num_classes - 1)
-        cy, cx = rng.integers(16, shape[1] - 16), (k - 1) * band + band // 2
-        label[((y - cy) ** 2 + (x - cx) ** 2 < (5 + 2 * k) ** 2) & (z >= 0)] = k
-    image = np.where(label > 0, 100 * label.astype(np.int16), -500).astype(np.int16)
-    return image, label
+# re-exported: ``from conftest import blob_case, write_case`` keeps working
+from helpers import blob_case, cli, write_case  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +39,18 @@ def blob_dataset(tmp_path: Path) -> Path:
 def phantom_dir(tmp_path_factory) -> Path:
     """One tiny phantom cache shared by the end-to-end tests of a session."""
     return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(phantom_dir, tmp_path_factory) -> Path:
+    """One finished ``segbench-train debug=smoke num_threads=1`` run directory on the session's phantom, shared
+    by every test that needs a trained run (checkpoints, results, .hydra). Read it, or copy it before changing
+    anything in it; a rerun of the same command over a copy (``hydra.run.dir=<copy>``) resumes it."""
+    run = tmp_path_factory.mktemp("smoke") / "run"
+    proc = cli("segbench.train", "debug=smoke", "num_threads=1", f"paths.data_dir={phantom_dir}",
+               f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run
 
 
 #: set by the README's test command (.ci/run): a Slurm test cluster that cannot start fails the tests

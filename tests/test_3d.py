@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from torch import nn
 
+from helpers import cli
 from segbench.data.datamodule3d import PatchDataModule
 from segbench.data.sources import NiftiFolderSource
 from segbench.errors import ConfigError
@@ -127,12 +126,11 @@ def test_patch_module_rejects_2d_and_bad_patches(blob_dataset):
 
 
 # -- end to end --------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a 3D training run
 def test_3d_phantom_run_writes_the_results_contract(phantom_dir, tmp_path):
     run_dir = tmp_path / "run3d"
-    proc = subprocess.run(
-        [sys.executable, "-m", "segbench.train", "debug=smoke", "data=phantom3d", "model=unet3d",
-         "data.patch_size=[16,32,32]", "inference.overlap=0", "num_threads=1", f"paths.data_dir={phantom_dir}",
-         f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600)
+    proc = cli("segbench.train", "debug=smoke", "data=phantom3d", "model=unet3d", "data.patch_size=[16,32,32]",
+               "inference.overlap=0", "num_threads=1", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(run_dir / "results" / "per_case.csv") as fh:
         rows = [r for r in csv.DictReader(fh) if r["convention"] == "default"]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -17,20 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import blob_case, write_case
-
-
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(phantom_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("bad_input") / "smoke"
-    proc = cli("segbench.train", "debug=smoke", "num_threads=1", f"paths.data_dir={phantom_dir}",
-               f"hydra.run.dir={run}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
+from helpers import blob_case, cli, write_case
 
 
 def blobs(root: Path, edit=None) -> Path:
@@ -162,7 +147,13 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+#: one case of each kind runs in the fast tier (pytest -m "not slow"); every case runs by default
+FAST_CASES = {"NaN in a scan", "case in val and test", "list entry leaves the root", "corrupt ckpt_path to train",
+              "other-model checkpoint"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c[0], marks=() if c[0] in FAST_CASES else pytest.mark.slow)
+                                  for c in CASES])
 def test_bad_input_stops_with_one_line_and_exit_code_1(case, phantom_dir, smoke_run, tmp_path):
     name, entry, make_args, expected = case
     (tmp_path / "a_file").write_text("")

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
+from helpers import script
 from segbench.data.datamodule import resolve_split
 from segbench.errors import ConfigError, DataError
 from segbench.runtime.rundir import _check_same_config, config_changes
@@ -87,28 +86,24 @@ train.main()
 '''
 
 
-def train(script: Path, *args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **env})
-
-
 @pytest.fixture(scope="module")
 def rigged_run(phantom_dir, tmp_path_factory) -> tuple[Path, Path, Path, list[str]]:
     base = tmp_path_factory.mktemp("bookkeeping")
-    script = base / "rigged_train.py"
-    script.write_text(RIGGED)
+    rigged = base / "rigged_train.py"
+    rigged.write_text(RIGGED)
     run = base / "run"
     args = ["debug=smoke", "trainer.max_epochs=2", "num_threads=1", f"paths.data_dir={phantom_dir}",
             f"hydra.run.dir={run}"]
-    proc = train(script, *args, env={"TEST_WEIGHTS": str(base / "test_weights.pt")})
+    proc = script(rigged, *args, env={**os.environ, "TEST_WEIGHTS": str(base / "test_weights.pt")})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return run, script, base / "test_weights.pt", args
+    return run, rigged, base / "test_weights.pt", args
 
 
 def same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # trains 2 epochs
 def test_the_test_split_is_scored_with_the_best_validation_checkpoint(rigged_run):
     run, _, test_weights, _ = rigged_run
     tested = torch.load(test_weights, weights_only=True)
@@ -121,18 +116,19 @@ def test_the_test_split_is_scored_with_the_best_validation_checkpoint(rigged_run
     assert summary["run"]["best_val_dice"] == 1.0
 
 
+@pytest.mark.slow  # trains 2 epochs twice
 def test_resume_false_retrains_a_finished_run(rigged_run, tmp_path):
-    run, script, _, args = rigged_run
+    run, rigged, _, args = rigged_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     args = [a if not a.startswith("hydra.run.dir=") else f"hydra.run.dir={copy}" for a in args]
     old_last = (copy / "checkpoints" / "last.ckpt").stat().st_mtime_ns
     # without resume=false the finished run is returned as it is
-    proc = train(script, *args, env={"TEST_WEIGHTS": str(tmp_path / "w0.pt")})
+    proc = script(rigged, *args, env={**os.environ, "TEST_WEIGHTS": str(tmp_path / "w0.pt")})
     assert proc.returncode == 0 and "not trained again" in proc.stdout
     assert not (tmp_path / "w0.pt").exists()
     # with resume=false it is trained and tested again, from scratch
-    proc = train(script, *args, "resume=false", env={"TEST_WEIGHTS": str(tmp_path / "w1.pt")})
+    proc = script(rigged, *args, "resume=false", env={**os.environ, "TEST_WEIGHTS": str(tmp_path / "w1.pt")})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "not trained again" not in proc.stdout
     assert (tmp_path / "w1.pt").exists()  # the test split was scored again

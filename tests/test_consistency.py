@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from helpers import cli
 from segbench.losses.consistency import check_consistency, perturbation_consistency
 
 
@@ -52,11 +51,11 @@ def test_options_are_checked_with_their_names():
         check_consistency({"lambda": 1})
 
 
+@pytest.mark.slow  # a training run
 def test_training_with_consistency_logs_it(phantom_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "consistency.weight=0.5",
-                           "consistency.perturbation=flip", f"paths.data_dir={phantom_dir}",
-                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600)
+    proc = cli("segbench.train", "debug=smoke", "consistency.weight=0.5", "consistency.perturbation=flip",
+               f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -64,8 +63,7 @@ def test_training_with_consistency_logs_it(phantom_dir, tmp_path):
     events.Reload()
     values = [e.value for e in events.Scalars("loss/consistency")]
     assert values and all(math.isfinite(v) and v >= 0 for v in values)
-    bad = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "consistency.weight=-1",
-                          f"paths.data_dir={phantom_dir}", f"hydra.run.dir={tmp_path / 'bad'}"],
-                         capture_output=True, text=True, timeout=600)
+    bad = cli("segbench.train", "debug=smoke", "consistency.weight=-1", f"paths.data_dir={phantom_dir}",
+              f"hydra.run.dir={tmp_path / 'bad'}")
     assert bad.returncode == 1
     assert bad.stderr.strip().splitlines()[-1] == "segbench-train: error: consistency.weight must be >= 0.0, got -1"

@@ -4,21 +4,13 @@ an empty run folder, and debug=smoke for every model."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from helpers import cli
 from segbench.config import CONFIG_DIR
 from segbench.models import MODELS
-
-
-def cli(module: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    # capture_output: stdout / stderr are pipes, as in a redirected run or a Slurm job
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
 
 
 def test_a_redirected_run_prints_one_line_per_epoch_and_logs_its_results(phantom_dir, tmp_path):

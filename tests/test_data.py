@@ -11,7 +11,7 @@ from segbench.data import NiftiFolderSource, SegDataModule, resize_slices, windo
 from segbench.data.volume import CaseRef, load_nifti_case
 from segbench.errors import DataError
 
-from conftest import blob_case, write_case
+from helpers import blob_case, write_case
 
 NAMES = ["background", "a", "b"]
 

@@ -26,7 +26,7 @@ from segbench.data.datasets import (AbdomenCT1KSource, ChaosSource, NnUNetSource
                                     nnunet_class_names)
 from segbench.errors import ConfigError, DataError
 
-from conftest import write_case
+from helpers import write_case
 
 SHAPE = (6, 40, 48)             # (Z, Y, X)
 SPACING = (2.5, 0.7, 0.9)       # (sz, sy, sx) mm: every axis different, so a swapped axis shows

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 
 import pandas as pd
+import pytest
 
+from helpers import console
 
-def cli(tool: str, *args: str, env: dict) -> subprocess.CompletedProcess:
-    # a regression that makes the ranks wait for each other forever fails here, not after the suite's patience
-    return subprocess.run([shutil.which(f"segbench-{tool}"), *args], capture_output=True, text=True, timeout=300,
-                          env=env)
+pytestmark = pytest.mark.slow  # two gloo processes per run
+
+#: a regression that makes the ranks wait for each other forever fails here, not after the suite's patience
+TIMEOUT = 300
 
 
 def test_ddp_job_in_a_sweep_writes_one_directory_and_the_single_process_results(phantom_dir, tmp_path):
@@ -28,9 +28,9 @@ def test_ddp_job_in_a_sweep_writes_one_directory_and_the_single_process_results(
     sweep = tmp_path / "sweep"
     # a multirun (of one job): Lightning's own relaunch of the command line would start the sweep again in
     # the second rank and put it in another directory; 3 test cases do not split evenly over 2 ranks
-    proc = cli("train", "-m", "debug=smoke", "num_threads=1", "trainer=ddp", "trainer.accelerator=cpu",
-               "trainer.devices=2", "data.phantom.num_cases=5", "data.split.test=3", "seed=1",
-               f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env)
+    proc = console("train", "-m", "debug=smoke", "num_threads=1", "trainer=ddp", "trainer.accelerator=cpu",
+                   "trainer.devices=2", "data.phantom.num_cases=5", "data.split.test=3", "seed=1",
+                   f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in sweep.iterdir()) == ["0", "multirun.yaml"]
     assert not (tmp_path / "outputs").exists()  # no rank made a directory of its own
@@ -45,8 +45,8 @@ def test_ddp_job_in_a_sweep_writes_one_directory_and_the_single_process_results(
 
     # the same checkpoint scored by one process
     checkpoint = summary["run"]["checkpoint"]
-    proc = cli("eval", f"ckpt_path={checkpoint}", f"paths.data_dir={phantom_dir}",
-               f"hydra.run.dir={tmp_path / 'eval'}", env=env)
+    proc = console("eval", f"ckpt_path={checkpoint}", f"paths.data_dir={phantom_dir}",
+                   f"hydra.run.dir={tmp_path / 'eval'}", env=env, timeout=TIMEOUT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "eval" / "results" / "per_case.csv").read_text() == \
         (job / "results" / "per_case.csv").read_text()

@@ -9,8 +9,6 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -19,14 +17,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import blob_case, write_case
+from helpers import blob_case, cli, write_case
 from segbench.runtime.checkpoint import CheckpointError, check_training_checkpoint, safe_checkpoint_io
 from segbench.data import NiftiFolderSource, SegDataModule
 from segbench.errors import DataError
-
-
-def cli(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600)
 
 
 def datamodule(root: Path, **options) -> SegDataModule:
@@ -36,7 +30,7 @@ def datamodule(root: Path, **options) -> SegDataModule:
 
 
 def float_case(root: Path, case_id: str, image: np.ndarray, label: np.ndarray) -> None:
-    """Like conftest.write_case, but a float32 image (NIfTI can hold NaN / inf only in floats)."""
+    """Like helpers.write_case, but a float32 image (NIfTI can hold NaN / inf only in floats)."""
     write_case(root, case_id, np.nan_to_num(image, posinf=0, neginf=0).astype(np.int16), label)
     affine = np.diag([-0.8, -0.8, 5.0, 1.0])
     nib.save(nib.Nifti1Image(image.astype(np.float32).transpose(2, 1, 0), affine), root / "img" / f"img{case_id}.nii.gz")
@@ -92,6 +86,7 @@ def test_the_loss_watch_adds_no_host_sync(monkeypatch):
                                            "parts: loss/consistency=0.2)")
 
 
+@pytest.mark.slow  # a training run
 def test_a_diverging_run_stops_in_one_line_and_is_recorded_failed(phantom_dir, tmp_path):
     run = tmp_path / "run"
     proc = cli("segbench.train", "debug=smoke", "optimizer.lr=1e30", "num_threads=1", f"paths.data_dir={phantom_dir}",
@@ -128,15 +123,6 @@ def test_a_checkpoint_write_that_fails_midway_leaves_the_previous_one(tmp_path, 
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(phantom_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("faults") / "smoke"
-    proc = cli("segbench.train", "debug=smoke", "num_threads=1", f"paths.data_dir={phantom_dir}",
-               f"hydra.run.dir={run}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run
-
-
 def unfinished_copy(smoke_run: Path, tmp_path: Path) -> tuple[Path, object]:
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
@@ -171,6 +157,7 @@ def test_resume_starts_over_when_no_checkpoint_is_sound(smoke_run, tmp_path, cap
     assert out[0].startswith(f"checkpoint {run}/checkpoints/last.ckpt is empty (0 bytes")
 
 
+@pytest.mark.slow  # a second run
 def test_a_truncated_last_checkpoint_no_longer_blocks_the_same_command(smoke_run, phantom_dir, tmp_path):
     """The same command (a Slurm requeue) after a full disk truncated last.ckpt: it resumes and finishes."""
     run, _ = unfinished_copy(smoke_run, tmp_path)
@@ -187,6 +174,7 @@ def test_a_truncated_last_checkpoint_no_longer_blocks_the_same_command(smoke_run
 
 
 # -- pre-flight --------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a CLI run (as the bad-input matrix)
 def test_a_truncated_test_case_stops_the_run_before_training(tmp_path):
     root = tmp_path / "ds"
     for i in range(1, 4):
@@ -201,6 +189,7 @@ def test_a_truncated_test_case_stops_the_run_before_training(tmp_path):
     assert "Epoch 0" not in proc.stderr and not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a CLI run (as the bad-input matrix)
 def test_a_missing_test_label_stops_the_run_before_training(tmp_path):
     root = tmp_path / "ds"
     for i in range(1, 4):

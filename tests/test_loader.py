@@ -121,6 +121,50 @@ def test_loader_workers_draw_different_augmentations():
     assert not any(torch.equal(seeded[i], seeded[j]) for i in range(6) for j in range(i))
 
 
+# -- every DDP rank draws its own augmentations --------------------------------------------------------------
+# The ranks of a DDP job seed their main processes alike (seed_everything(seed)), so the loader's base seed and
+# the transforms' state are the same on every rank: the rank must enter the workers' seed (seed_worker, through
+# loader_options, which reads it from the trainer) and the training transforms' seed (seed_transforms, through
+# RandomStateCheckpoint.setup), or every rank draws the same flips and angles.
+def one_image_set(n: int = 4) -> SliceDataset:
+    """``n`` copies of one random image, augmented by flips and a rotation of a random angle each time."""
+    image = torch.rand(1, 1, 24, 24, generator=torch.Generator().manual_seed(0))
+    slices = SliceSet(image.repeat(n, 1, 1, 1), torch.zeros(n, 24, 24, dtype=torch.uint8), torch.zeros(n))
+    return SliceDataset(slices, build_augmentation({"flip_prob": 0.5, "rotate_prob": 1.0, "rotate_range_deg": 30}, 2))
+
+
+def worker_samples(rank: int) -> list[torch.Tensor]:
+    """One epoch of the 2 loader workers of DDP rank ``rank`` (worker 0 makes samples 0, 2; worker 1 makes 1, 3),
+    with the options the data module's training loader gets from a trainer of that rank."""
+    dataset = one_image_set()
+    dataset.transform.set_random_state(seed=0)  # the main process's transforms: alike on every rank here
+    options = loader_options(2, False, 2, trainer("cpu", devices=2, rank=rank))
+    torch.manual_seed(1)  # the same seed and epoch on every rank: the loader draws the same base seed
+    return [batch["image"][0] for batch in DataLoader(dataset, batch_size=1, **options)]
+
+
+def test_ddp_ranks_draw_different_augmentations_in_their_loader_workers():
+    rank0, again, rank1 = worker_samples(0), worker_samples(0), worker_samples(1)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, again))  # the same rank: the same draws
+    # the same seed, epoch and worker ids on another rank: other flips and angles for every sample
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, rank1))
+
+
+def test_ddp_ranks_seed_their_training_transforms_apart():
+    from segbench.runtime.callbacks import RandomStateCheckpoint
+
+    def samples(rank: int) -> list[torch.Tensor]:
+        """What rank ``rank`` draws in its main process (data.num_workers=0) after the fit's setup."""
+        dataset = one_image_set()
+        fake = SimpleNamespace(global_rank=rank, datamodule=SimpleNamespace(train_set=dataset))
+        RandomStateCheckpoint(seed=1).setup(fake, None, "fit")
+        return [dataset[i]["image"] for i in range(len(dataset))]
+
+    rank0, again, rank1 = samples(0), samples(0), samples(1)
+    assert all(torch.equal(a, b) for a, b in zip(rank0, again))
+    assert not any(torch.equal(a, b) for a, b in zip(rank0, rank1))
+
+
 # -- label ids: counted where a case is loaded, checked once before training ---------------------------------
 def test_check_label_ids_names_the_case_and_the_fix():
     check_label_ids({"0001": (0, 1, 2), "0002": (0, 2)}, 3)

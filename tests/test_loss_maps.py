@@ -4,14 +4,13 @@ loss uses the loader's when it gets them (segbench.losses.maps, data.precompute_
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from scipy import ndimage
 
+from helpers import cli
 from segbench.data import NiftiFolderSource, SegDataModule
 from segbench.data.datamodule3d import PatchDataModule
 from segbench.errors import ConfigError
@@ -173,11 +172,11 @@ def test_the_option_must_be_a_boolean(blob_dataset):
                       split={"train": 2, "val": 1, "test": 1}, precompute_loss_maps="yes")
 
 
+@pytest.mark.slow  # a training run with a loader worker
 def test_training_with_loader_maps_runs_end_to_end(phantom_dir, tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "loss=boundary",
-                           "data.precompute_loss_maps=true", "data.num_workers=1", f"paths.data_dir={phantom_dir}",
-                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, timeout=600)
+    proc = cli("segbench.train", "debug=smoke", "loss=boundary", "data.precompute_loss_maps=true",
+               "data.num_workers=1", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training loader precomputes the loss's maps: signed[1:]@voxel" in proc.stdout
     assert (run_dir / "results" / "summary.json").is_file()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -908,6 +909,54 @@ def test_afw_near_a_perfect_prediction_matches_float64(name, squared, lam, margi
     close(loss(logits, target), expected, rel=1e-6, abs_=0.0)
     got = loss.dice_losses(LossInputs(logits, target, log_domain=True)).double()
     torch.testing.assert_close(got, dice_loss, rtol=1e-4, atol=0.0)
+
+
+def afw_numpy(logits, target, squared, lam, batch, dtype):
+    """AFW-Dice at its defaults (every weight ``exp(-0) = 1``, regulariser ``ln(prod exp(0) + 1) = ln 2``, the
+    background unfocused, every organ focused, gamma 0.25, clamp 1e-6, smooth 1e-5) written out in numpy with
+    every sum in ``dtype``: ``s`` = softmax, ``g`` = one-hot, per class (pooled over the batch with ``batch``)
+
+        L_c = 1 - (2 sum s g + eps) / (sum s + sum g + eps)        (``sum s^2`` with ``squared``)
+        L   = lam CE + lam (L_0 + sum_{c >= 1} clamp(L_c, 1e-6)^0.25 + ln 2)
+
+    Returns the loss and ``L_c``."""
+    x = logits.numpy().astype(dtype)
+    shifted = x - x.max(axis=1, keepdims=True)
+    log_s = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True, dtype=dtype))
+    s = np.exp(log_s)
+    g = (target.numpy()[:, None] == np.arange(C)[None, :, None, None]).astype(dtype)
+    axes = (0, 2, 3) if batch else (2, 3)
+    eps, one = dtype(1e-5), dtype(1)
+    tp = (s * g).sum(axes, dtype=dtype)
+    denominator = (s * s if squared else s).sum(axes, dtype=dtype) + g.sum(axes, dtype=dtype)
+    dice_loss = one - (2 * tp + eps) / (denominator + eps)
+    focal = np.maximum(dice_loss[..., 1:], dtype(1e-6)) ** dtype(0.25)
+    terms = np.concatenate([dice_loss[..., :1], focal], axis=-1)
+    afw = np.mean(terms.sum(axis=-1, dtype=dtype), dtype=dtype) + np.log(dtype(2))
+    ce = np.mean(-(log_s * g).sum(axis=1, dtype=dtype), dtype=dtype)
+    return float(dtype(lam) * ce + dtype(lam) * afw), dice_loss
+
+
+@pytest.mark.parametrize("name,squared,lam,batch,margin", [
+    ("afw_dice", False, 1.0, True, 12.0),
+    ("afw_dice", False, 1.0, False, 12.0),
+    ("afw_dice_code", True, 0.5, True, 7.0),
+])
+def test_afw_sums_in_float64_near_a_perfect_prediction(name, squared, lam, batch, margin):
+    # Near a perfect prediction sum s + sum g and 2 sum s g agree to ~5 digits; summed in float32 their difference
+    # is mostly rounding (the test's own float32 evaluation misses by ~1e-3..1e-2 of the loss), which the power
+    # 0.25 then magnifies. AFW-Dice sums |s - g| voxel by voxel in float64 (LossInputs.mismatch): it must match
+    # the float64 reference to float32's resolution.
+    logits, target = near_perfect_case(margin)
+    expected, dice_loss = afw_numpy(logits, target, squared, lam, batch, np.float64)
+    assert 1e-5 < dice_loss[..., 1:].min() and dice_loss.max() < 1e-4  # near-perfect, above the clamp
+    tolerance = 1e-6 * expected
+    in_float32, _ = afw_numpy(logits, target, squared, lam, batch, np.float32)
+    assert abs(in_float32 - expected) > 100 * tolerance  # float32 sums are far off: the case can tell
+    loss = make(name, batch=batch)
+    assert abs(float(loss(logits, target)) - expected) < tolerance
+    got = loss.dice_losses(LossInputs(logits, target, log_domain=True)).double().numpy()
+    np.testing.assert_allclose(got, dice_loss, rtol=1e-5, atol=0)
 
 
 def test_afw_gamma_0_runs_and_is_ce_plus_the_backgrounds_dice():

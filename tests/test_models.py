@@ -80,7 +80,12 @@ def test_input_size_comes_from_the_data_config():
     assert list(compose_run("model=unetr", "data=phantom3d", "debug=smoke").model.img_size) == [64, 96, 96]
 
 
-@pytest.mark.parametrize("name,dims", [(n, d) for n in sorted(DIMS) for d in DIMS[n]])
+#: the slowest to build and train on a CPU (~15 s): in the full run only
+SLOW_MODELS = {("swin_unetr", 3)}
+
+
+@pytest.mark.parametrize("name,dims", [pytest.param(n, d, marks=pytest.mark.slow if (n, d) in SLOW_MODELS else ())
+                                       for n in sorted(DIMS) for d in DIMS[n]])
 def test_model_builds_from_its_config_and_learns_a_fixed_batch(name, dims):
     torch.manual_seed(0)
     cfg = model_config(name, dims, "loss=ce_dice")
@@ -289,6 +294,7 @@ def test_channels_last_gives_the_contiguous_output():
         torch.testing.assert_close(fast(image).contiguous(), plain(image), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # inductor compiles C++
 def test_compile_gives_the_eager_output():
     # inductor generates and compiles C++ on a CPU: the smallest U-Net keeps this test to seconds (warm cache)
     torch.manual_seed(0)

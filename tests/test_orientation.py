@@ -17,7 +17,7 @@ import pytest
 import torch
 from nibabel.orientations import axcodes2ornt, io_orientation, ornt_transform
 
-from conftest import blob_case, write_case
+from helpers import blob_case, write_case
 from segbench.data import NiftiFolderSource, SegDataModule, save_nifti_label
 from segbench.data.volume import to_canonical
 from segbench.metrics.results import CaseEvaluator

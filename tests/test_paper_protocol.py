@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from helpers import cli
 from segbench.config import CONFIG_DIR
 from segbench.losses import build_loss
 
@@ -214,9 +213,8 @@ LEAN = {
 
 def run_experiment(experiment: str, data_dir: Path, log_dir: Path) -> list[Path]:
     data = "data=phantom3d" if experiment == "table6_3d" else "data=phantom"
-    cmd = [sys.executable, "-m", "segbench.train", "-m", f"experiment={experiment}", data, "debug=smoke", "seed=1",
-           "num_threads=1", f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", *LEAN.get(experiment, [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = cli("segbench.train", "-m", f"experiment={experiment}", data, "debug=smoke", "seed=1", "num_threads=1",
+               f"paths.data_dir={data_dir}", f"paths.log_dir={log_dir}", *LEAN.get(experiment, []), timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return sorted((log_dir / experiment).glob("*/*/results/summary.json"))
 
@@ -275,6 +273,7 @@ def flag_values(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
 
 
+@pytest.mark.slow  # a sweep per paper experiment (8), then its table
 @pytest.mark.parametrize("experiment", PAPER_EXPERIMENTS)
 def test_every_paper_experiment_runs_on_the_phantom_and_its_table_renders(experiment, phantom_dir, tmp_path):
     """The experiment's sweep (one lean job) runs on the phantom, then its OWN report command (the one in
@@ -295,7 +294,7 @@ def test_every_paper_experiment_runs_on_the_phantom_and_its_table_renders(experi
     out = tmp_path / "report"
     args = on_the_phantom(argv, sweep_dir, out)
     module = "segbench.report.table" if argv[0] == "segbench-table" else "segbench.report.figures"
-    proc = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=300)
+    proc = cli(module, *args, timeout=300)
     assert proc.returncode == 0, (args, proc.stderr[-3000:])
     config = yaml.safe_load((sweep_dir / "0" / ".hydra" / "config.yaml").read_text())
 

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import csv
 import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import blob_case
+from helpers import blob_case, cli
 
 
 def oblique_affine(spacing=(0.8, 0.7, 4.0), degrees: float = 30.0, origin=(-120.5, 33.25, 410.0)) -> np.ndarray:
@@ -44,10 +43,9 @@ def oblique_dataset(tmp_path_factory) -> Path:
 
 
 def train(run_dir: Path, data_root: Path, *overrides: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "num_threads=1", "data=nifti_folder",
-                           f"data.root={data_root}", "data.num_classes=3", "data.class_names=[background,a,b]",
-                           f"paths.data_dir={run_dir.parent}/data", f"hydra.run.dir={run_dir}", *overrides],
-                          capture_output=True, text=True, timeout=600)
+    proc = cli("segbench.train", "debug=smoke", "num_threads=1", "data=nifti_folder", f"data.root={data_root}",
+               "data.num_classes=3", "data.class_names=[background,a,b]", f"paths.data_dir={run_dir.parent}/data",
+               f"hydra.run.dir={run_dir}", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -80,6 +78,7 @@ def test_predictions_are_written_by_default_with_the_inputs_affine(oblique_datas
         assert float(rows[label]["dsc"]) == pytest.approx(dice(pred, gt, label), abs=1e-6)
 
 
+@pytest.mark.slow  # a second training run
 def test_save_predictions_false_writes_none(oblique_dataset, tmp_path):
     run_dir = tmp_path / "run"
     train(run_dir, oblique_dataset, "trainer.max_epochs=0", "test.save_predictions=false")

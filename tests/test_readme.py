@@ -4,12 +4,12 @@ are read from the composed config, the TensorBoard tags from a real (smoke) run.
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 from hydra import compose, initialize_config_dir
 
+from helpers import cli
 from segbench.config import CONFIG_DIR
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -48,13 +48,13 @@ def test_quickstart_description_matches_its_config():
     assert f"{cfg.trainer.max_epochs} short" in text or f"{cfg.trainer.max_epochs} epochs" in text
 
 
+@pytest.mark.slow  # a training run
 def test_tensorboard_tags_in_the_readme_are_the_ones_a_run_writes(phantom_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "loss=afw_dice", "num_threads=1",
-                           f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}"],
-                          capture_output=True, text=True, timeout=600)
+    proc = cli("segbench.train", "debug=smoke", "loss=afw_dice", "num_threads=1", f"paths.data_dir={phantom_dir}",
+               f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()

@@ -22,6 +22,7 @@ import pytest
 import yaml
 from scipy.stats import wilcoxon
 
+from helpers import console
 from segbench.report import table as table_cli
 
 ORGANS = ["aorta", "liver", "pancreas"]
@@ -554,25 +555,20 @@ def test_probe_runs_every_registered_loss(tmp_path, capsys):
 # end to end: a real Hydra sweep through the command line, then segbench-table
 
 
+@pytest.mark.slow  # a 6-job sweep
 def test_table_of_a_real_sweep(phantom_dir, tmp_path):
     import os
-    import shutil
-    import subprocess
 
     import pandas as pd
 
-    train = shutil.which("segbench-train")
-    table = shutil.which("segbench-table")
-    assert train and table, "install the package (pip install -e .) for the console scripts"
     sweep_dir = tmp_path / "sweep"
     env = {**os.environ, "SEGBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
-    proc = subprocess.run([train, "-m", "debug=smoke", "loss=ce,dice,ce_dice", "seed=1,2", "num_threads=1",
-                           f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={phantom_dir}"],
-                          capture_output=True, text=True, timeout=600, env=env)
+    proc = console("train", "-m", "debug=smoke", "loss=ce,dice,ce_dice", "seed=1,2", "num_threads=1",
+                   f"hydra.sweep.dir={sweep_dir}", f"paths.data_dir={phantom_dir}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (sweep_dir / "multirun.yaml").is_file()
-    proc = subprocess.run([table, str(sweep_dir), "--group-by", "loss.name", "--decimals", "4",
-                           "--out", str(tmp_path / "report")], capture_output=True, text=True, timeout=120)
+    proc = console("table", str(sweep_dir), "--group-by", "loss.name", "--decimals", "4",
+                   "--out", str(tmp_path / "report"), timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = markdown_rows(proc.stdout)
     assert list(rows)[1:] == ["ce", "dice", "ce_dice"]

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+from helpers import console, script
+
+pytestmark = pytest.mark.slow  # 4 training runs of 3 epochs
 
 KILLER = '''
 """segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH (SEGBENCH_KILL_AT=EPOCH,BATCH)."""
 import os, signal, sys
 import pytorch_lightning as pl
+import segbench.runtime.build as build
 import segbench.train as train
 
 EPOCH, BATCH = (int(v) for v in os.environ["SEGBENCH_KILL_AT"].split(","))
@@ -35,7 +38,7 @@ class KillMidEpoch(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-build_trainer = train.build_trainer
+build_trainer = build.build_trainer
 
 
 def build_trainer_that_kills(cfg, output_dir):
@@ -44,15 +47,10 @@ def build_trainer_that_kills(cfg, output_dir):
     return trainer
 
 
-train.build_trainer = build_trainer_that_kills
+build.build_trainer = build_trainer_that_kills  # segbench.runtime.task.run looks it up there at each run
 sys.argv[0] = "segbench-train"
 train.main()
 '''
-
-
-def train(*args: str, env: dict, killer: Path | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(killer)] if killer else [shutil.which("segbench-train")]
-    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, env=env)
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:
@@ -68,7 +66,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_to_identical_results(ph
     killer.write_text(KILLER)
 
     # 1. killed at batch 1 of epoch 1 (the second epoch): last.ckpt holds the end of epoch 0
-    proc = train(*args, "run_name=interrupted", env={**env, "SEGBENCH_KILL_AT": "1,1"}, killer=killer)
+    proc = script(killer, *args, "run_name=interrupted", env={**env, "SEGBENCH_KILL_AT": "1,1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     run_dir = tmp_path / "outputs" / "train" / "interrupted"
     status = json.loads((run_dir / "run.json").read_text())
@@ -78,7 +76,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_to_identical_results(ph
     after_epoch0 = weights(run_dir / "checkpoints" / "last.ckpt")
 
     # 2. the same command again: resumes into the same directory and finishes
-    proc = train(*args, "run_name=interrupted", env=env)
+    proc = console("train", *args, "run_name=interrupted", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"resuming from {run_dir}/checkpoints/last.ckpt" in proc.stdout
     status = json.loads((run_dir / "run.json").read_text())
@@ -87,7 +85,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_to_identical_results(ph
     assert sorted(p.name for p in (tmp_path / "outputs" / "train").iterdir()) == ["interrupted"]
 
     # 3. an uninterrupted run of the same config
-    proc = train(*args, "run_name=uninterrupted", env=env)
+    proc = console("train", *args, "run_name=uninterrupted", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     other = tmp_path / "outputs" / "train" / "uninterrupted"
 
@@ -103,10 +101,10 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_to_identical_results(ph
     assert a["run"]["best_val_dice"] == b["run"]["best_val_dice"]
 
     # 4. a finished run is not trained again; another config in its directory is refused
-    proc = train(*args, "run_name=uninterrupted", env=env)
+    proc = console("train", *args, "run_name=uninterrupted", env=env)
     assert proc.returncode == 0 and "holds a finished run of this config" in proc.stdout
     assert json.loads((other / "run.json").read_text())["attempt"] == 1
-    proc = train(*common, "trainer.max_epochs=4", "run_name=uninterrupted", env=env)
+    proc = console("train", *common, "trainer.max_epochs=4", "run_name=uninterrupted", env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         f"segbench-train: error: {other} holds a finished run with another config (trainer.max_epochs: 3 -> 4); "

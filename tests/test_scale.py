@@ -9,13 +9,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from helpers import console, script
 
 EXPERIMENTS = {  # experiment -> (jobs in its sweep, the keys it sweeps)
     "table1_synapse": (12, ["loss", "seed"]),
@@ -30,12 +30,6 @@ EXPERIMENTS = {  # experiment -> (jobs in its sweep, the keys it sweeps)
 DATA = {"table1_synapse": "synapse", "table2_abdomenct1k": "abdomenct1k", "table3_uncertainty": "synapse",
         "table4_symmetry": "synapse", "table5_models2d": "synapse", "table6_3d": "abdomenct1k3d",
         "fig3_gamma": "chaos_mr", "fig4_focused": "chaos_mr"}
-
-
-def segbench(tool: str, *args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    exe = shutil.which(f"segbench-{tool}")
-    assert exe, "install the package (pip install -e .) for the console scripts"
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
 @pytest.fixture
@@ -122,12 +116,13 @@ def test_fig3_sweeps_gamma_from_zero_and_fig4_focuses_4_to_0_organs():
 # sweeps
 
 
+@pytest.mark.slow  # a 2 x 2 sweep through submitit
 def test_table1_subset_through_the_local_submitit_launcher_makes_a_table(phantom_dir, tmp_path, env):
     """A 2 x 2 sweep of experiment=table1_synapse on the phantom, each job in its own process."""
     sweep = tmp_path / "sweep"
-    proc = segbench("train", "-m", "experiment=table1_synapse", "data=phantom", "debug=smoke", "num_threads=1",
-                    "loss=ce_dice,afw_dice", "seed=1,2", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
-                    f"paths.data_dir={phantom_dir}", env=env)
+    proc = console("train", "-m", "experiment=table1_synapse", "data=phantom", "debug=smoke", "num_threads=1",
+                   "loss=ce_dice,afw_dice", "seed=1,2", "hydra/launcher=local", f"hydra.sweep.dir={sweep}",
+                   f"paths.data_dir={phantom_dir}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (sweep / ".submitit").is_dir()  # the jobs ran through submitit
     jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -137,8 +132,8 @@ def test_table1_subset_through_the_local_submitit_launcher_makes_a_table(phantom
         assert status["status"] == "done" and status["attempt"] == 1 and status["epoch"] == 1
         config = json.loads((sweep / job / "results" / "summary.json").read_text())["config"]
         assert config["task_name"] == "table1_synapse" and config["scheduler"]["interval"] == "epoch"
-    proc = segbench("table", str(sweep), "--group-by", "loss.name", "--baseline", "ce_dice", "--percent",
-                    "--organs", "paper-table1", "--out", str(tmp_path / "report"))
+    proc = console("table", str(sweep), "--group-by", "loss.name", "--baseline", "ce_dice", "--percent",
+                   "--organs", "paper-table1", "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ")]
     assert rows[0].split(" | ")[:3] == ["| Method", "n", "DSC (%)"]
@@ -146,20 +141,20 @@ def test_table1_subset_through_the_local_submitit_launcher_makes_a_table(phantom
                                           "spleen", "stomach"]
     body = {r.split(" | ")[0].strip("| *"): r.split(" | ")[1] for r in rows[1:] if "---" not in r}
     assert body == {"ce_dice": "2", "afw_dice": "2"}  # two seeds per row, in sweep order
-    index = subprocess.run([sys.executable, str(Path(__file__).parent.parent / "scripts" / "index_runs.py"),
-                            str(sweep)], capture_output=True, text=True)
+    index = script(Path(__file__).parent.parent / "scripts" / "index_runs.py", str(sweep))
     assert index.returncode == 0 and index.stderr.strip() == "4 done"
 
 
+@pytest.mark.slow  # a 2-job sweep, then the figure
 def test_fig4_subset_on_the_phantom_makes_its_figure(phantom_dir, tmp_path, env):
     """The figure command of configs/experiment/fig4_focused.yaml on two of its sweep's points."""
     sweep = tmp_path / "sweep"
-    proc = segbench("train", "-m", "experiment=fig4_focused", "data=phantom", "debug=smoke", "num_threads=1",
-                    "seed=1", "loss.focused_classes=[kidney_r,kidney_l],[]", f"hydra.sweep.dir={sweep}",
-                    f"paths.data_dir={phantom_dir}", env=env)
+    proc = console("train", "-m", "experiment=fig4_focused", "data=phantom", "debug=smoke", "num_threads=1",
+                   "seed=1", "loss.focused_classes=[kidney_r,kidney_l],[]", f"hydra.sweep.dir={sweep}",
+                   f"paths.data_dir={phantom_dir}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = segbench("figures", "focused", str(sweep), "--key", "loss.focused_classes", "--percent", "--per-organ",
-                    "--out", str(tmp_path / "fig"))
+    proc = console("figures", "focused", str(sweep), "--key", "loss.focused_classes", "--percent", "--per-organ",
+                   "--out", str(tmp_path / "fig"))
     assert proc.returncode == 0, proc.stderr
     import pandas as pd
 
@@ -168,13 +163,14 @@ def test_fig4_subset_on_the_phantom_makes_its_figure(phantom_dir, tmp_path, env)
     assert (tmp_path / "fig" / "focused.png").is_file() and (tmp_path / "fig" / "focused.pdf").is_file()
 
 
+@pytest.mark.slow  # a 2-job sweep
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(phantom_dir, tmp_path, env):
     """``++loss.gamma`` sets gamma where the loss has it and adds it where it does not: the ce_dice job
     stops at start-up with a one-line error, the afw_dice job trains, the table marks the failure, and
     the sweep exits 1 naming the failed job and its error."""
     sweep = tmp_path / "sweep"
-    proc = segbench("train", "-m", "debug=smoke", "num_threads=1", "loss=ce_dice,afw_dice", "++loss.gamma=0.5",
-                    f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env)
+    proc = console("train", "-m", "debug=smoke", "num_threads=1", "loss=ce_dice,afw_dice", "++loss.gamma=0.5",
+                   f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env)
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"segbench-train: error: 1 of 2 jobs did not finish (sweep: {sweep}): job 0 (debug=smoke num_threads=1 "
@@ -186,7 +182,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(phantom_dir, tmp_path, 
     assert not (sweep / "0" / "checkpoints").exists()  # stopped before training
     assert json.loads((sweep / "1" / "run.json").read_text())["status"] == "done"
     assert json.loads((sweep / "1" / "results" / "summary.json").read_text())["config"]["loss"]["gamma"] == 0.5
-    proc = segbench("table", str(sweep), "--out", str(tmp_path / "report"))
+    proc = console("table", str(sweep), "--out", str(tmp_path / "report"))
     assert proc.returncode == 0, proc.stderr
     failed = [ln for ln in proc.stdout.splitlines() if ln.startswith("| ce_dice ")]
     assert len(failed) == 1 and "failed: loss 'ce_dice' has no option 'gamma'" in failed[0]
@@ -194,25 +190,26 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(phantom_dir, tmp_path, 
 
 
 def test_an_option_some_losses_lack_without_plus_plus_stops_the_sweep_before_any_job(tmp_path, env):
-    proc = segbench("train", "-m", "debug=smoke", "loss=ce_dice,afw_dice", "loss.gamma=0.5",
-                    f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env)
+    proc = console("train", "-m", "debug=smoke", "loss=ce_dice,afw_dice", "loss.gamma=0.5",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env)
     assert proc.returncode == 1
     assert "Could not override 'loss.gamma'" in proc.stderr
     assert not (tmp_path / "sweep").exists()
 
 
 def test_a_paper_experiment_without_its_dataset_says_so_in_one_line(tmp_path, env):
-    proc = segbench("train", "experiment=table1_synapse", f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    proc = console("train", "experiment=table1_synapse", f"hydra.run.dir={tmp_path / 'run'}", env=env)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == ("segbench-train: error: data.root not set: pass data.root=<the "
                                                     "dataset's directory>, or data=phantom for the built-in phantom")
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "failed"
 
 
+@pytest.mark.slow  # 2 Optuna trials
 def test_optuna_search_runs_trials_and_reports_the_best(phantom_dir, tmp_path, env):
     sweep = tmp_path / "optuna"
-    proc = segbench("train", "hparams_search=afw_optuna", "debug=smoke", "num_threads=1", "hydra.sweeper.n_trials=2",
-                    f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env)
+    proc = console("train", "hparams_search=afw_optuna", "debug=smoke", "num_threads=1", "hydra.sweeper.n_trials=2",
+                   f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(best["best_params"]) == {"loss.gamma", "loss.lambda_ce"}
@@ -231,15 +228,16 @@ def test_a_missing_optuna_plugin_is_named_with_its_install_command(monkeypatch, 
     import importlib.util
 
     from segbench import train
+    from segbench.runtime.checks import missing_plugin
 
     real = importlib.util.find_spec
-    assert train.missing_plugin(["hparams_search=afw_optuna"]) is None  # installed with the dev extra
+    assert missing_plugin(["hparams_search=afw_optuna"]) is None  # installed with the dev extra
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "hydra_plugins.hydra_optuna_sweeper" else real(name, *a))
-    message = train.missing_plugin(["data=phantom", "hparams_search=afw_optuna"])
+    message = missing_plugin(["data=phantom", "hparams_search=afw_optuna"])
     assert message is not None and 'pip install -e ".[optuna]"' in message
-    assert train.missing_plugin(["hydra/sweeper=optuna"]) == message
-    assert train.missing_plugin(["loss=afw_dice", "hparams_search=null"]) is None
+    assert missing_plugin(["hydra/sweeper=optuna"]) == message
+    assert missing_plugin(["loss=afw_dice", "hparams_search=null"]) is None
     # and the command line stops on it in one line, before Hydra composes anything
     monkeypatch.setattr(sys, "argv", ["segbench-train", "hparams_search=afw_optuna"])
     with pytest.raises(SystemExit) as stop:

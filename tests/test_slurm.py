@@ -21,6 +21,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
 SLURM = ["-m", "debug=smoke", "num_threads=1", "hydra/launcher=slurm"]
@@ -37,8 +39,7 @@ def env(tmp_path, phantom_dir) -> dict:
 
 def train(*args: str, env: dict, timeout: int = 600) -> subprocess.CompletedProcess:
     # a launcher that waits for ever fails here, not after the suite's patience
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", *SLURM, *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = cli("segbench.train", *SLURM, *args, env=env, timeout=timeout)
     print(f"$ segbench-train {' '.join(SLURM + list(args))}\n-> exit {proc.returncode}\n{summary_of(proc)}")
     return proc
 
@@ -115,8 +116,8 @@ def test_launcher_defaults_follow_the_trainer():
 
 
 def test_a_request_no_node_can_meet_is_refused_naming_what_is_short(monkeypatch):
-    from segbench.runtime import slurm
     from segbench.errors import ConfigError
+    from segbench.runtime import slurm
 
     assert (slurm._gpus("gpu:a100:4(S:0-1),shard:8"), slurm._gpus("gpu:2"), slurm._gpus("(null)")) == (4, 2, 0)
     nodes = [{"cpus": 64, "mem_mb": 512000, "gpus": 0}, {"cpus": 32, "mem_mb": 256000, "gpus": 4}]
@@ -206,6 +207,7 @@ def test_submitit_signal_handler_logs_from_another_thread():
 # on the cluster
 
 
+@pytest.mark.slow  # the cluster starts in ~10 min (root, apt); its jobs take minutes
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_2x2_sweep_runs_as_four_slurm_jobs_and_makes_one_table(tmp_path, env):
     sweep = tmp_path / "sweep"
@@ -223,9 +225,8 @@ def test_a_2x2_sweep_runs_as_four_slurm_jobs_and_makes_one_table(tmp_path, env):
     assert set(sacct_states(arrays).values()) == {"COMPLETED 0:0"}
     names = {json.loads((sweep / j / "results" / "summary.json").read_text())["config"]["run_name"] for j in jobs}
     assert len(names) > 1  # the jobs resolved run_name at their own start
-    table = subprocess.run([sys.executable, "-m", "segbench.report.table", str(sweep), "--group-by", "loss.name",
-                            "--out", str(tmp_path / "report")],
-                           capture_output=True, text=True, env=env)
+    table = cli("segbench.report.table", str(sweep), "--group-by", "loss.name", "--out", str(tmp_path / "report"),
+                env=env)
     print(table.stdout, table.stderr)
     assert table.returncode == 0, table.stderr
     assert "differ" not in table.stderr
@@ -234,6 +235,7 @@ def test_a_2x2_sweep_runs_as_four_slurm_jobs_and_makes_one_table(tmp_path, env):
     assert rows == {"ce_dice": "2", "dice": "2"}
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_ddp_job_of_two_slurm_tasks_writes_one_directory_with_the_single_process_results(tmp_path, env):
     sweep = tmp_path / "sweep"
@@ -252,13 +254,13 @@ def test_a_ddp_job_of_two_slurm_tasks_writes_one_directory_with_the_single_proce
     ddp = pd.read_csv(job / "results" / "per_case.csv", dtype={"case": str})
     assert len(ddp) == 3 * 8 * 2 and not ddp.duplicated(["case", "organ", "convention"]).any()  # 2 conventions
     # the same checkpoint scored by one process
-    single = subprocess.run([sys.executable, "-m", "segbench.eval", f"ckpt_path={summary['run']['checkpoint']}",
-                             f"hydra.run.dir={tmp_path / 'eval'}"], capture_output=True, text=True, env=env,
-                            timeout=600)
+    single = cli("segbench.eval", f"ckpt_path={summary['run']['checkpoint']}", f"hydra.run.dir={tmp_path / 'eval'}",
+                 env=env)
     assert single.returncode == 0, single.stderr[-3000:]
     assert (tmp_path / "eval" / "results" / "per_case.csv").read_text() == (job / "results" / "per_case.csv").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_failed_job_leaves_the_others_and_the_sweep_exits_1_naming_it(tmp_path, env):
     sweep = tmp_path / "sweep"
@@ -272,6 +274,7 @@ def test_a_failed_job_leaves_the_others_and_the_sweep_exits_1_naming_it(tmp_path
     assert sacct_states(ids) == {ids[0]: "FAILED 1:0", ids[1]: "COMPLETED 0:0"}  # Slurm knows too
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_an_impossible_request_is_refused_at_submission_in_one_line(tmp_path, env):
     proc = train("hydra.launcher.cpus_per_task=64", f"hydra.sweep.dir={tmp_path / 'sweep'}", env=env, timeout=120)
@@ -285,6 +288,7 @@ def test_an_impossible_request_is_refused_at_submission_in_one_line(tmp_path, en
     assert not (tmp_path / "sweep" / ".submitit").exists()  # nothing was submitted
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_cancel_ends_the_launcher_in_one_line_preemption_requeues_and_both_resume_to_identical_results(
         tmp_path, env):
@@ -334,6 +338,7 @@ def test_cancel_ends_the_launcher_in_one_line_preemption_requeues_and_both_resum
     assert (sweep / "0" / "results" / "per_case.csv").read_text() == reference  # cancelled + resumed = too
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("slurm_cluster")
 def test_a_time_limit_requeues_up_to_max_num_timeout_then_names_the_time_limit(tmp_path, env):
     """A job held at epoch 2 until Slurm's limit: SIGUSR2 30 s before its 2 minutes (up to 30 s earlier:

@@ -5,28 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import blob_case, write_case
+from helpers import blob_case, cli, write_case
 
 ORGANS = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
-
-
-def cli(module: str, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *overrides], capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def smoke_run(phantom_dir, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "smoke"
-    proc = cli("segbench.train", "debug=smoke", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -85,6 +71,7 @@ def test_eval_rescores_a_checkpoint_under_another_convention(smoke_run, phantom_
     assert [r["convention"] for r in rows] == ["transunet"] * 8 + ["default"] * 8
 
 
+@pytest.mark.slow  # trains 2 epochs, then evaluates
 def test_test_checkpoint_last_scores_the_final_epoch(phantom_dir, tmp_path):
     """test.checkpoint=last (Table 1's protocol) scores the weights of the last epoch, not the best validation
     epoch's: the run's per-case DSC equals a re-evaluation of checkpoints/last.ckpt, row for row."""
@@ -120,6 +107,7 @@ def test_unknown_group_option_lists_the_valid_ones(tmp_path):
     assert "Could not find 'loss/no_such_loss'" in proc.stderr and "ce_dice" in proc.stderr
 
 
+@pytest.mark.slow  # a CLI run (tests/test_bad_input.py's fast cases cover the kind)
 def test_missing_data_directory(tmp_path):
     proc = cli("segbench.train", "debug=smoke", "data=nifti_folder", f"data.root={tmp_path}/nowhere",
                f"hydra.run.dir={tmp_path}/run")
@@ -128,6 +116,7 @@ def test_missing_data_directory(tmp_path):
         f"segbench-train: error: data directory {tmp_path}/nowhere/img not found; set data.root=")
 
 
+@pytest.mark.slow  # a CLI run (as above)
 def test_label_ids_out_of_range_stop_before_training(tmp_path):
     root = tmp_path / "ds"
     for i in range(1, 4):

@@ -17,6 +17,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
+from helpers import cli
 from segbench.runtime.checkpoint import CheckpointError, load_checkpoint
 from segbench.errors import ConfigError
 from segbench.runtime.trust import check_targets, checked_config
@@ -35,11 +36,6 @@ class Payload:
 def pickle_checkpoint(path: Path, marker: Path) -> Path:
     torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "callbacks": Payload(marker)}, path)
     return path
-
-
-def cli(module: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, **(env or {})})
 
 
 def crafted_run(tmp_path: Path, config: dict) -> Path:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 import segbench
-from conftest import blob_case
+from helpers import blob_case, cli
 from segbench.errors import ConfigError
 from segbench.losses import LossInputs, ModuleLoss, SegLoss, loss_from_config
 
@@ -80,6 +80,7 @@ def write_user_cases(root: Path, n: int = 3) -> None:
         nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), affine), case / "label.nii.gz")
 
 
+@pytest.mark.slow  # the README's commands: runs
 def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_path):
     section = readme_section()
     files = readme_files(section)
@@ -151,11 +152,11 @@ def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_p
     assert float(my_module.MyLoss(ce_weight=0.5, smooth=0.0)(uniform, target)) == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow  # a training run
 def test_a_plain_nn_module_loss_trains_through_every_hook(tmp_path, phantom_dir):
-    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "num_threads=1", "~loss",
-                           "+loss._target_=torch.nn.CrossEntropyLoss", "+loss.label_smoothing=0.1",
-                           f"paths.data_dir={phantom_dir}", f"hydra.run.dir={tmp_path}/run"],
-                          capture_output=True, text=True, timeout=600, env=user_env())
+    proc = cli("segbench.train", "debug=smoke", "num_threads=1", "~loss", "+loss._target_=torch.nn.CrossEntropyLoss",
+               "+loss.label_smoothing=0.1", f"paths.data_dir={phantom_dir}", f"hydra.run.dir={tmp_path}/run",
+               env=user_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "results" / "summary.json").read_text())
     assert summary["config"]["loss"] == {"_target_": "torch.nn.CrossEntropyLoss", "label_smoothing": 0.1}
