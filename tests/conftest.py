@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 # re-exported: ``from conftest import blob_case, write_case`` keeps working
-from helpers import blob_case, cli, write_case  # noqa: F401
+from helpers import blob_case, cli, write_case  # noqa: F401 - re-exported for the test files
 
 
 @pytest.fixture(scope="module")

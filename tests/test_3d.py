@@ -13,8 +13,8 @@ from helpers import cli
 from segbench.data.datamodule3d import PatchDataModule
 from segbench.data.sources import NiftiFolderSource
 from segbench.errors import ConfigError
-from segbench.models.inference import argmax_at, check_inference, sliding_window_logits
 from segbench.models import UNet3D
+from segbench.models.inference import argmax_at, check_inference, sliding_window_logits
 
 ORGANS = ["spleen", "kidney_r", "kidney_l", "gallbladder", "liver", "stomach", "aorta", "pancreas"]
 

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch
 
+from helpers import blob_case, write_case
 from segbench.data import NiftiFolderSource, SegDataModule, resize_slices, window_hu
 from segbench.data.volume import CaseRef, load_nifti_case
 from segbench.errors import DataError
-
-from helpers import blob_case, write_case
 
 NAMES = ["background", "a", "b"]
 

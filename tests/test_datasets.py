@@ -20,13 +20,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import write_case
 from segbench.data import SegDataModule
 from segbench.data.datamodule import ratio_counts, resolve_split, window_hu
-from segbench.data.datasets import (AbdomenCT1KSource, ChaosSource, NnUNetSource, SynapseSource, convert_btcv,
-                                    nnunet_class_names)
+from segbench.data.datasets import (
+    AbdomenCT1KSource,
+    ChaosSource,
+    NnUNetSource,
+    SynapseSource,
+    convert_btcv,
+    nnunet_class_names,
+)
 from segbench.errors import ConfigError, DataError
-
-from helpers import write_case
 
 SHAPE = (6, 40, 48)             # (Z, Y, X)
 SPACING = (2.5, 0.7, 0.9)       # (sz, sy, sx) mm: every axis different, so a swapped axis shows

@@ -18,9 +18,9 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import blob_case, cli, write_case
-from segbench.runtime.checkpoint import CheckpointError, check_training_checkpoint, safe_checkpoint_io
 from segbench.data import NiftiFolderSource, SegDataModule
 from segbench.errors import DataError
+from segbench.runtime.checkpoint import CheckpointError, check_training_checkpoint, safe_checkpoint_io
 
 
 def datamodule(root: Path, **options) -> SegDataModule:

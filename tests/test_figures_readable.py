@@ -39,7 +39,7 @@ def gamma_sweep(root: Path, bases=None) -> Path:
     return root
 
 
-def test_titles_use_words_and_name_the_plotted_key(tmp_path, captured, sweep):  # noqa: F811
+def test_titles_use_words_and_name_the_plotted_key(tmp_path, captured, sweep):  # noqa: F811 - the sweep fixture
     root = gamma_sweep(tmp_path / "gamma")
     assert figures_cli.main(["gamma", str(root), "--key", "loss.gamma", "--out", str(tmp_path / "f")]) == 0
     assert figures_cli.main(["gamma", str(root), "--key", "seed", "--out", str(tmp_path / "f")]) == 0

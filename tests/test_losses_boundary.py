@@ -74,7 +74,7 @@ def blob_batch(spatial, classes=4, batch=2, seed=0):
     for b in range(batch):
         for c in range(1, max(2, classes - 1)):
             lo = [int(torch.randint(0, n // 2, (1,), generator=g)) for n in spatial]
-            box = tuple(slice(l, l + n // 3) for l, n in zip(lo, spatial))
+            box = tuple(slice(low, low + n // 3) for low, n in zip(lo, spatial))
             target[(b, *box)] = c
     logits = torch.randn(batch, classes, *spatial, generator=g)
     return logits, target
@@ -194,7 +194,7 @@ def test_distance_maps_do_not_depend_on_the_edt_kernel(monkeypatch):
         with_scipy = float(loss(logits, target))
         real = edt._squared_edt
         monkeypatch.setattr(edt, "_squared_edt",
-                            lambda m, sp, nd, dt, method, *a: real(m, sp, nd, dt, "envelope", *a))
+                            lambda m, sp, nd, dt, method, *a, real=real: real(m, sp, nd, dt, "envelope", *a))
         with_torch = float(loss(logits, target))
         monkeypatch.setattr(edt, "_squared_edt", real)
         assert with_torch == pytest.approx(with_scipy, rel=1e-6, abs=1e-9), name

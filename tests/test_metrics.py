@@ -36,27 +36,29 @@ def ball(shape, center, radius2):
     return (r2 <= radius2).astype(np.uint8)
 
 
+def as_monai(a: np.ndarray) -> torch.Tensor:
+    """A label map as MONAI's metrics take it: (batch, channel, *spatial) float."""
+    return torch.from_numpy(np.ascontiguousarray(a))[None, None].float()
+
+
 def monai_hd95(p, g, spacing=None):
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None].float()  # noqa: E731
     sp = None if spacing is None else [float(s) for s in spacing]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(monai_metrics.compute_hausdorff_distance(t(p), t(g), include_background=True, percentile=95, spacing=sp))
+        return float(monai_metrics.compute_hausdorff_distance(as_monai(p), as_monai(g), include_background=True, percentile=95, spacing=sp))
 
 
 def monai_assd(p, g, spacing=None):
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None].float()  # noqa: E731
     sp = None if spacing is None else [float(s) for s in spacing]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(
-            monai_metrics.compute_average_surface_distance(t(p), t(g), include_background=True, symmetric=True, spacing=sp)
+            monai_metrics.compute_average_surface_distance(as_monai(p), as_monai(g), include_background=True, symmetric=True, spacing=sp)
         )
 
 
 def monai_dice(p, g):
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a))[None, None].float()  # noqa: E731
-    return float(monai_metrics.compute_dice(t(p), t(g), include_background=True))
+    return float(monai_metrics.compute_dice(as_monai(p), as_monai(g), include_background=True))
 
 
 def score(p, g, spacing=None, convention="default", **kw):
@@ -447,8 +449,7 @@ def test_every_convention_at_once_equals_each_alone_and_shares_the_distances(bac
     """``evaluate_case_conventions`` (what every test pass runs: default + transunet + medpy) gives each
     convention's numbers bit for bit, and computes the surface distances once per voxel grid: twice for a
     spacing that is not 1 (mm and voxels), once where it is (data without spacing: both measure voxels)."""
-    from segbench.metrics import evaluate_case_conventions
-    from segbench.metrics import _numpy_backend, _torch_backend
+    from segbench.metrics import _numpy_backend, _torch_backend, evaluate_case_conventions
 
     rng = np.random.default_rng(3)
     g = random_blobs(rng, (20, 24, 22), 3, (2, 7)).astype(np.uint8) * 2

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from segbench.metrics import CONVENTIONS, METRIC_NAMES, evaluate_case
-from segbench.metrics import _numpy_backend, _torch_backend
+from segbench.metrics import CONVENTIONS, METRIC_NAMES, _numpy_backend, _torch_backend, evaluate_case
 from segbench.metrics._stats import percentile_linear_torch
 
 HAS_OPS_EDT = importlib.util.find_spec("segbench.ops.edt") is not None

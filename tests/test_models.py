@@ -11,11 +11,9 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from segbench.config import CONFIG_DIR
-from segbench.errors import unwrap
-from segbench.errors import ConfigError
+from segbench.errors import ConfigError, unwrap
 from segbench.models import MODELS, TransUNet, UNet
 from segbench.runtime.build import build
-
 
 #: per model: overrides that shrink it to a few thousand parameters (widths, ViT size, levels)
 SMALL = {
@@ -68,7 +66,7 @@ def test_every_config_has_a_model_and_the_small_settings():
     configs = sorted(p.stem for p in (Path(CONFIG_DIR) / "model").glob("*.yaml"))
     assert configs == sorted(MODELS) == sorted(SMALL) == sorted(DIMS)
     for path in (Path(CONFIG_DIR) / "model").glob("*.yaml"):
-        lines = [l for l in path.read_text().splitlines() if l.strip()]
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
         assert 5 <= len(lines) <= 15, f"{path.name}: {len(lines)} lines"
         assert lines[0].startswith("#"), f"{path.name} opens with a comment naming the paper / library"
 

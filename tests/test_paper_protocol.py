@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -134,8 +133,8 @@ def test_table5_trains_each_model_with_its_papers_loss_and_afw():
     for point in sweep_points("table5_models2d"):
         cfg = compose_run("experiment=table5_models2d", *point)
         rows[(cfg.model._target_.rsplit(".", 1)[1], cfg.loss.name)] = cfg.loss
-    assert set(rows) == {(m, l) for m in ("UNet", "UNetPlusPlus", "TransUNet", "AttentionUNet")
-                         for l in ("ce_dice", "afw_dice")}
+    assert set(rows) == {(m, loss) for m in ("UNet", "UNetPlusPlus", "TransUNet", "AttentionUNet")
+                         for loss in ("ce_dice", "afw_dice")}
     # TransUNet's code: 0.5 CE + 0.5 Dice, squared denominator, background included, batch-pooled
     t = rows[("TransUNet", "ce_dice")]
     assert (t.lambda_ce, t.lambda_dice, t.include_background, t.squared, t.batch) == (0.5, 0.5, True, True, True)
@@ -314,8 +313,8 @@ def test_every_paper_experiment_runs_on_the_phantom_and_its_table_renders(experi
     header = [c.strip() for c in lines[0].strip("|").split(" | ")]
     body = [[c.strip() for c in ln.strip("|").split(" | ")] for ln in lines[1:]]
     # the rows: one per value of the paper's row keys (the lean job: one row, labelled by its values)
-    from segbench.report.table import group_label
     from segbench.report.runs import Run, get_key
+    from segbench.report.table import group_label
 
     run = Run(path=sweep_dir / "0", config=config)
     assert [row[0] for row in body] == [group_label(layout["rows"], [get_key(run, k) for k in layout["rows"]])]

@@ -341,7 +341,7 @@ def test_table_accepts_single_run_and_results_dirs(sweep, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------
 # segbench-figures
 
-from segbench.report import figures as figures_cli  # noqa: E402
+from segbench.report import figures as figures_cli  # noqa: E402 - beside the tests of the command it runs
 
 
 def run_figures(capsys, *argv) -> str:

@@ -18,8 +18,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from helpers import cli
-from segbench.runtime.checkpoint import CheckpointError, load_checkpoint
 from segbench.errors import ConfigError
+from segbench.runtime.checkpoint import CheckpointError, load_checkpoint
 from segbench.runtime.trust import check_targets, checked_config
 
 
