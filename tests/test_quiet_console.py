@@ -68,6 +68,7 @@ def test_a_run_and_its_evaluation_print_segbench_first_and_its_warnings(phantom_
     assert any(" - device: cpu (" in line for line in first), first
 
 
+@pytest.mark.slow  # an Optuna sweep
 def test_an_optuna_sweep_prints_no_plugin_setup(phantom_dir, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     # the sweeper imports optuna, optuna alembic, whose plugin set-up logs at INFO while Hydra's logging shows it
