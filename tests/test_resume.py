@@ -24,6 +24,7 @@ KILLER = '''
 """segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH (SEGBENCH_KILL_AT=EPOCH,BATCH)."""
 import os, signal, sys
 import pytorch_lightning as pl
+import segbench.runtime.build as build
 import segbench.train as train
 
 EPOCH, BATCH = (int(v) for v in os.environ["SEGBENCH_KILL_AT"].split(","))
@@ -35,7 +36,7 @@ class KillMidEpoch(pl.Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-build_trainer = train.build_trainer
+build_trainer = build.build_trainer   # what segbench.runtime.task.run calls (imported there at call time)
 
 
 def build_trainer_that_kills(cfg, output_dir):
@@ -44,7 +45,7 @@ def build_trainer_that_kills(cfg, output_dir):
     return trainer
 
 
-train.build_trainer = build_trainer_that_kills
+build.build_trainer = build_trainer_that_kills
 sys.argv[0] = "segbench-train"
 train.main()
 '''
