@@ -13,7 +13,9 @@ augmentation and cropping, so they describe exactly the target the loss sees):
 :meth:`SegLoss.map_builder` gives a picklable :class:`TargetMapBuilder` that the
 datasets call on each sample's label, and the batch carries them under
 ``"maps"``, keyed by :attr:`TargetMap.key`. Both paths run the same function on
-the same label, so the values are the same (tested).
+the same label, so the values are the same (tested). With ``data.pipeline=device``
+the maps of a whole augmented batch are computed on the training device
+(:meth:`TargetMapBuilder.batch`: the torch EDT kernels on CUDA).
 """
 
 from __future__ import annotations
