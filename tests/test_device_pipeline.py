@@ -401,9 +401,17 @@ def cli(*args: str, env: dict, script: Path | None = None, timeout: int = 900) -
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+BOUNDARY_FAMILY = ["boundary", "hausdorff_dt", "dpce", "hausdorff_er", "hausdorff_cv", "active_contour", "level_set",
+                   "cldice"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["loss=boundary"], ["loss=hausdorff_dt", "data.precompute_loss_maps=true"],
-                                   ["data=phantom3d", "model=unet3d"]])
+@pytest.mark.parametrize("extra", [[f"loss={loss}", f"data.precompute_loss_maps={maps}"] for loss in BOUNDARY_FAMILY
+                                   for maps in ("false", "true") if maps == "false" or loss in ("boundary",
+                                                                                                  "hausdorff_dt",
+                                                                                                  "dpce")]
+                         + [["data=phantom3d", "model=unet3d"], ["data=phantom3d", "model=unet3d", "loss=boundary",
+                                                                 "data.precompute_loss_maps=true"]])
 def test_smoke_runs_train_through_the_device_path(phantom_dir, tmp_path, extra):
     env = {**os.environ, "SEGBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
     proc = cli("debug=smoke", "num_threads=1", f"paths.data_dir={phantom_dir}", "data.pipeline=device", *extra,
