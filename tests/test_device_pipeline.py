@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,8 +26,7 @@ import pytorch_lightning as pl
 import torch
 
 from segbench.data import NiftiFolderSource, PatchDataModule, SegDataModule
-from segbench.data.batch_augment import Augment, PatchCentres, augment_batch, rotation_theta
-from segbench.data.datamodule import build_augmentation
+from segbench.data.batch_augment import Augment, PatchCentres, rotation_theta
 from segbench.data.device import (AUTO_CACHE_FRACTION, DeviceCache, augmentation_generator, check_device_cache_gb,
                                   check_pipeline, epoch_order, resolve_pipeline)
 from segbench.errors import ConfigError
@@ -199,7 +197,8 @@ def within(count: int, n: int, p: float, sigmas: float = 4.0) -> bool:
     return abs(count - n * p) <= sigmas * math.sqrt(n * p * (1 - p))
 
 
-@pytest.mark.parametrize("dims,flip_prob,rotate_prob,degrees", [(2, 0.5, 0.5, 30), (3, 0.3, 0.8, 15), (2, 0.0, 1.0, 45)])
+@pytest.mark.parametrize("dims,flip_prob,rotate_prob,degrees",
+                         [(2, 0.5, 0.5, 30), (3, 0.3, 0.8, 15), (2, 0.0, 1.0, 45)])
 def test_augmentation_parameters_follow_the_configured_distributions(dims, flip_prob, rotate_prob, degrees):
     augment = Augment.from_config({"flip_prob": flip_prob, "rotate_prob": rotate_prob, "rotate_range_deg": degrees},
                                   dims)
@@ -353,7 +352,7 @@ def test_validation_and_test_scores_equal_the_loader_paths(phantom_dir, extra):
     assert device_rows == loader_rows and any(row["pred_voxels"] > 0 for row in device_rows)  # organs predicted
 
 
-# -- maps of the boundary losses -----------------------------------------------------------------------------------------
+# -- maps of the boundary losses ----------------------------------------------------------------------------------
 def test_precomputed_maps_of_a_device_batch_equal_the_per_sample_maps(phantom_dir):
     from segbench.runtime.build import build
 
@@ -395,7 +394,7 @@ def test_the_device_batch_makes_no_host_sync(phantom_dir, monkeypatch):
         assert calls == [] and "maps" in batch, calls
 
 
-# -- end to end: smoke runs, exact resume ---------------------------------------------------------------------------------
+# -- end to end: smoke runs, exact resume --------------------------------------------------------------------------
 def cli(*args: str, env: dict, script: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
     command = [sys.executable, str(script)] if script else [sys.executable, "-m", "segbench.train"]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
@@ -512,7 +511,7 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_weights(phantom_dir,
     assert summaries[0]["run"]["world_size"] == (2 if setting == "ddp" else 1)
 
 
-# -- on a GPU (scripts/gpu_checks.sh runs this) ------------------------------------------------------------------------
+# -- on a GPU (scripts/gpu_checks.sh runs this) ---------------------------------------------------------------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_device_batches_on_cuda_match_the_cpu(tmp_path):
     """The device path on CUDA: the training set lands on the GPU under the auto budget (and in pinned host

@@ -341,7 +341,8 @@ class DevicePath(ABC):
         """The validation loader (index batches), after placing the validation part."""
 
     @abstractmethod
-    def take(self, part: CachePart, batch: dict[str, Any], pin: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def take(self, part: CachePart, batch: dict[str, Any],
+             pin: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(image, label, case_index)`` of ``batch`` from ``part``, where the part is (``pin``: into pinned
         memory)."""
 
