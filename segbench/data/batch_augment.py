@@ -91,8 +91,8 @@ class Augment:
         if not self.rotates:
             rotate[:] = False
         theta = identity_thetas(n, dims)
-        for i in torch.nonzero(rotate).flatten().tolist():
-            theta[i] = rotation_theta(float(angle[i]), shape)
+        rotated = torch.nonzero(rotate).flatten()
+        theta[rotated] = rotation_thetas(angle[rotated].tolist(), shape)
         return {"flip": flip, "rotate": rotate, "angle": angle, "theta": theta}
 
 
@@ -130,21 +130,28 @@ def _normalisers(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     return _NORMALISERS[shape]
 
 
-def rotation_theta(angle: float, shape: Sequence[int]) -> torch.Tensor:
-    """The ``affine_grid`` matrix ``(dims, dims + 1)`` float32 of MONAI's rotation by ``angle`` of a
-    ``shape`` sample, computed as ``AffineTransform(normalized=False, reverse_indexing=True)`` computes it:
-    the float64 affine cast to float32, ``src_norm @ affine @ inv(dst_norm)`` (``to_norm_affine``, with the
-    same operations on the same shapes, so the same float32 values), then the axes reversed (grid order
-    x, y(, z))."""
+def rotation_thetas(angles: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
+    """The ``affine_grid`` matrices ``[n, dims, dims + 1]`` float32 of MONAI's rotations by ``angles`` of a
+    ``shape`` sample, computed as ``AffineTransform(normalized=False, reverse_indexing=True)`` computes each:
+    the float64 affine cast to float32, ``src_norm @ affine @ inv(dst_norm)`` (``to_norm_affine``), then the
+    axes reversed (grid order x, y(, z)). The products are batched: torch multiplies 3 x 3 / 4 x 4 matrices
+    with the same small-matrix kernel per batch element whatever the batch size, so each matrix is the one
+    MONAI's per-sample call gets (tested value for value)."""
     shape = tuple(int(s) for s in shape)
     dims = len(shape)
-    affine = torch.as_tensor(rotation_matrix(angle, shape), dtype=torch.float32)[None]
+    affines = np.stack([rotation_matrix(float(a), shape) for a in angles]) if len(angles) else \
+        np.zeros((0, dims + 1, dims + 1))
     src, inv_dst = _normalisers(shape)
-    theta = src @ affine @ inv_dst
+    theta = src @ torch.as_tensor(affines, dtype=torch.float32) @ inv_dst
     reverse = list(range(dims - 1, -1, -1))
     theta[:, :dims] = theta[:, reverse]
     theta[:, :, :dims] = theta[:, :, reverse]
-    return theta[0, :dims]
+    return theta[:, :dims]
+
+
+def rotation_theta(angle: float, shape: Sequence[int]) -> torch.Tensor:
+    """:func:`rotation_thetas` of one angle: ``(dims, dims + 1)``."""
+    return rotation_thetas([angle], shape)[0]
 
 
 def augment_batch(image: torch.Tensor, label: torch.Tensor, params: dict[str, torch.Tensor],
