@@ -294,14 +294,13 @@ def bench_training(args, device: torch.device, rows: list[dict]) -> None:
 
 
 # -- the two data paths ------------------------------------------------------------------------------------------
-#: the settings of the paths table: (name, overrides, what a batch is)
-PATH_SETTINGS = [
-    ("2D, the paper's settings", ["~experiment", "data=phantom"], "224 px, batch 24, width 32"),
-    ("2D, the quickstart", ["data=phantom"], "128 px, batch 8, width 16"),
-    ("3D patches", ["~experiment", "data=phantom3d", "model=unet3d"], "64 x 96 x 96, batch 2, unet3d"),
-]
-QUICK_PATHS = {"2D, the paper's settings": [*QUICK, "data.batch_size=6"], "2D, the quickstart": QUICK,
-               "3D patches": [*QUICK_3D, "data.batch_size=2"]}
+#: the settings of the paths table: key -> (name, overrides, what a batch is)
+PATH_SETTINGS = {
+    "paper": ("2D, the paper's settings", ["~experiment", "data=phantom"], "224 px, batch 24, width 32"),
+    "quickstart": ("2D, the quickstart", ["data=phantom"], "128 px, batch 8, width 16"),
+    "3d": ("3D patches", ["~experiment", "data=phantom3d", "model=unet3d"], "64 x 96 x 96, batch 2, unet3d"),
+}
+QUICK_PATHS = {"paper": [*QUICK, "data.batch_size=6"], "quickstart": QUICK, "3d": [*QUICK_3D, "data.batch_size=2"]}
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -347,10 +346,13 @@ def data_ms(datamodule, pipeline: str, device: torch.device, warmup: int, batche
 
 
 def bench_paths(args, device: torch.device, rows: list[dict]) -> None:
+    """The paths table: per setting, ``--path-rounds`` rounds of three variants in rotating order (the bare
+    step on preloaded batches, fed by the loader path, fed by the device path), medians per variant."""
     from omegaconf import open_dict
 
-    for name, overrides, describe in PATH_SETTINGS:
-        extra = QUICK_PATHS[name] if args.quick else []
+    for key in args.path_settings.split(","):
+        name, overrides, describe = PATH_SETTINGS[key]
+        extra = QUICK_PATHS[key] if args.quick else []
         cfg = compose(*overrides, *extra, *data_overrides(args, args.path_cases),
                       *(["trainer=gpu"] if device.type == "cuda" else []))
         with open_dict(cfg):
@@ -361,21 +363,38 @@ def bench_paths(args, device: torch.device, rows: list[dict]) -> None:
         datamodule.setup("fit")
         setting = describe if not args.quick else f"{describe} (QUICK: smaller)"
         total = args.warmup + args.path_steps
-        # the step without the data: the same preloaded batches (the device path's first ones) for both rows
+        # the step without the data: the same preloaded batches (the device path's first ones) every round
         stream = path_batches(datamodule, "device", device)
         preloaded = Preloaded([next(stream)[0] for _ in range(total)])
         stream.close()
-        without = bare_loop(cfg, preloaded, device, args.warmup, total)
+
+        def fed(pipeline: str):
+            batches = (batch for batch, _ in path_batches(datamodule, pipeline, device))
+            return bare_loop(cfg, itertools.islice(batches, total), device, args.warmup, total)
+
+        variants = {"without": lambda: bare_loop(cfg, preloaded, device, args.warmup, total),
+                    "loader": lambda: fed("loader"), "device": lambda: fed("device")}
+        names = list(variants)
+        steps: dict[str, list[float]] = {n: [] for n in names}
+        data: dict[str, list[float]] = {"loader": [], "device": []}
+        workers = 0
+        for r in range(args.path_rounds):
+            for variant in names[r % 3:] + names[:r % 3]:
+                steps[variant].append(variants[variant]())
+                if variant != "without":
+                    ms, used = data_ms(datamodule, variant, device, args.warmup, args.path_batches)
+                    data[variant].append(ms)
+                    workers = used if variant == "loader" else workers
+                print(f"paths {name}, round {r + 1}: {variant}: step {1000 * steps[variant][-1]:.1f} ms"
+                      + (f", data {data[variant][-1]:.1f} ms/batch" if variant != "without" else ""), flush=True)
+        without = 1000 * statistics.median(steps["without"])
         for pipeline in ("loader", "device"):
-            ms, workers = data_ms(datamodule, pipeline, device, args.warmup, args.path_batches)
-            fed = (batch for batch, _ in path_batches(datamodule, pipeline, device))
-            with_data = bare_loop(cfg, itertools.islice(fed, total), device, args.warmup, total)
+            ms = statistics.median(data[pipeline])
             what = f"data.pipeline={pipeline}" + (f" ({workers} workers)" if pipeline == "loader" else "")
             rows.append({"setting": f"{name}: {setting}", "path": what, "data_ms": f"{ms:.1f}",
-                         "step_without_ms": f"{1000 * without:.1f}", "step_with_ms": f"{1000 * with_data:.1f}",
-                         "share": f"{ms / (1000 * without):.3f}"})
-            print(f"paths {name} {what}: data {ms:.1f} ms/batch, step {1000 * without:.1f} ms without, "
-                  f"{1000 * with_data:.1f} ms with", flush=True)
+                         "step_without_ms": f"{without:.1f}",
+                         "step_with_ms": f"{1000 * statistics.median(steps[pipeline]):.1f}",
+                         "share": f"{ms / without:.3f}"})
         datamodule.trainer = None
 
 
@@ -438,6 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--path-cases", type=int, default=None, help="training cases of the paths table")
     parser.add_argument("--path-batches", type=int, default=None, help="timed batches per path (data alone)")
     parser.add_argument("--path-steps", type=int, default=None, help="timed training steps per path")
+    parser.add_argument("--path-rounds", type=int, default=None, help="rounds of the paths table (rotating order)")
+    parser.add_argument("--path-settings", default="paper,quickstart,3d", help="settings of the paths table")
     parser.add_argument("--parts", default="loader,training,data,paths")
     parser.add_argument("--out", type=Path, default=None, help=".md or .csv")
     args = parser.parse_args(argv)
@@ -447,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                 "loader_batches": 3 if quick else 20, "train_settings": "paper" if cuda else "quickstart",
                 "steps": 3 if quick else 60, "warmup": 1 if quick else 5, "rounds": 1 if quick else 3,
                 "phantom_cases": 1 if quick else 2, "path_cases": 1 if quick else 4,
-                "path_batches": 3 if quick else 20, "path_steps": 2 if quick else 5}
+                "path_batches": 3 if quick else 20, "path_steps": 2 if quick else 5, "path_rounds": 1 if quick else 3}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
