@@ -24,6 +24,15 @@ Rows of the table:
   preprocessing per case (load, HU window, resize to the model size in 2D; load, window in 3D),
   without the preprocessing cache.
 
+A second table (``--parts paths``) puts the two data paths side by side (``data.pipeline=loader``, with
+``data.num_workers: auto``, and ``data.pipeline=device``: :mod:`segbench.data.device`) at the paper's 2D
+settings (224 px, batch 24, width 32), the quickstart's (128 px, batch 8, width 16) and for 3D patches
+(64 x 96 x 96, batch 2, ``unet3d``), flips and rotations on: milliseconds per batch for the data and its
+augmentation as the training process gets them (from asking for the batch to having it augmented on the
+device), the bare training step without them (preloaded batches) and with them (the bare loop fed by the
+path), and the data's cost as a share of the step without it. Medians over ``--path-batches`` batches and
+``--path-steps`` steps after ``--warmup``.
+
 Data come from the phantom under ``--data-dir`` (default: the repository's ``data/``, so the
 default run's phantom is reused; ``--quick``: a temporary directory).
 """
@@ -71,7 +80,8 @@ def sync(device: torch.device) -> None:
 
 def as_device(trainer_device: torch.device):
     """What the data modules read from a trainer (its device, one process, rank 0)."""
-    return SimpleNamespace(strategy=SimpleNamespace(root_device=trainer_device), num_devices=1, global_rank=0)
+    return SimpleNamespace(strategy=SimpleNamespace(root_device=trainer_device), num_devices=1, global_rank=0,
+                           world_size=1)
 
 
 def data_overrides(args, cases: int) -> list[str]:
@@ -284,6 +294,111 @@ def bench_training(args, device: torch.device, rows: list[dict]) -> None:
                      "per_unit": f"{ms / (1000 * base):.3f}x"})
 
 
+# -- the two data paths ------------------------------------------------------------------------------------------
+#: the settings of the paths table: key -> (name, overrides, what a batch is)
+PATH_SETTINGS = {
+    "paper": ("2D, the paper's settings", ["~experiment", "data=phantom"], "224 px, batch 24, width 32"),
+    "quickstart": ("2D, the quickstart", ["data=phantom"], "128 px, batch 8, width 16"),
+    "3d": ("3D patches", ["~experiment", "data=phantom3d", "model=unet3d"], "64 x 96 x 96, batch 2, unet3d"),
+}
+QUICK_PATHS = {"paper": [*QUICK, "data.batch_size=6"], "quickstart": QUICK, "3d": [*QUICK_3D, "data.batch_size=2"]}
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """What Lightning's transfer does: every tensor to ``device`` (asynchronously on CUDA)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def path_batches(datamodule, pipeline: str, device: torch.device):
+    """Training batches as the training step receives them through ``pipeline``, epoch after epoch: the
+    loader's (workers as ``data.num_workers: auto`` gives them on ``device``) moved to the device, or the
+    device path's index batches completed by the data module's transfer hooks."""
+    datamodule.pipeline = pipeline
+    datamodule.trainer = as_device(device)
+    loader = datamodule.train_dataloader()
+    workers = getattr(loader, "num_workers", 0)
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            if pipeline == "device":
+                batch = datamodule.on_after_batch_transfer(
+                    to_device(datamodule.on_before_batch_transfer(batch, 0), device), 0)
+            else:
+                batch = to_device(batch, device)
+            yield batch, workers
+        epoch += 1
+
+
+def data_ms(datamodule, pipeline: str, device: torch.device, warmup: int, batches: int) -> tuple[float, int]:
+    """Median milliseconds from asking for a batch to having it on the device, augmented; the workers used."""
+    stream = path_batches(datamodule, pipeline, device)
+    times, workers = [], 0
+    for i in range(warmup + batches):
+        sync(device)
+        start = time.perf_counter()
+        _, workers = next(stream)
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    stream.close()
+    return 1000 * statistics.median(times), workers
+
+
+def bench_paths(args, device: torch.device, rows: list[dict]) -> None:
+    """The paths table: per setting, ``--path-rounds`` rounds of three variants in rotating order (the bare
+    step on preloaded batches, fed by the loader path, fed by the device path), medians per variant."""
+    from omegaconf import open_dict
+
+    for key in args.path_settings.split(","):
+        name, overrides, describe = PATH_SETTINGS[key]
+        extra = QUICK_PATHS[key] if args.quick else []
+        cfg = compose(*overrides, *extra, *data_overrides(args, args.path_cases),
+                      *(["trainer=gpu"] if device.type == "cuda" else []))
+        with open_dict(cfg):
+            if args.threads:
+                cfg.num_threads = args.threads
+        datamodule, _ = built(cfg)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        setting = describe if not args.quick else f"{describe} (QUICK: smaller)"
+        total = args.warmup + args.path_steps
+        # the step without the data: the same preloaded batches (the device path's first ones) every round
+        stream = path_batches(datamodule, "device", device)
+        preloaded = Preloaded([next(stream)[0] for _ in range(total)])
+        stream.close()
+
+        def fed(pipeline: str):
+            batches = (batch for batch, _ in path_batches(datamodule, pipeline, device))
+            return bare_loop(cfg, itertools.islice(batches, total), device, args.warmup, total)
+
+        variants = {"without": lambda: bare_loop(cfg, preloaded, device, args.warmup, total),
+                    "loader": lambda: fed("loader"), "device": lambda: fed("device")}
+        names = list(variants)
+        steps: dict[str, list[float]] = {n: [] for n in names}
+        data: dict[str, list[float]] = {"loader": [], "device": []}
+        workers = 0
+        for r in range(args.path_rounds):
+            for variant in names[r % 3:] + names[:r % 3]:
+                steps[variant].append(variants[variant]())
+                if variant != "without":
+                    ms, used = data_ms(datamodule, variant, device, args.warmup, args.path_batches)
+                    data[variant].append(ms)
+                    workers = used if variant == "loader" else workers
+                print(f"paths {name}, round {r + 1}: {variant}: step {1000 * steps[variant][-1]:.1f} ms"
+                      + (f", data {data[variant][-1]:.1f} ms/batch" if variant != "without" else ""), flush=True)
+        without = 1000 * statistics.median(steps["without"])
+        for pipeline in ("loader", "device"):
+            ms = statistics.median(data[pipeline])
+            what = f"data.pipeline={pipeline}" + (f" ({workers} workers)" if pipeline == "loader" else "")
+            rows.append({"setting": f"{name}: {setting}", "path": what, "data_ms": f"{ms:.1f}",
+                         "step_without_ms": f"{without:.1f}",
+                         "step_with_ms": f"{1000 * statistics.median(steps[pipeline]):.1f}",
+                         "share": f"{ms / without:.3f}"})
+        datamodule.trainer = None
+
+
 # -- phantom generation and preprocessing ------------------------------------------------------------------------
 def bench_data(args, rows: list[dict]) -> None:
     from hydra.utils import instantiate
@@ -340,7 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--phantom-cases", type=int, default=None)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--parts", default="loader,training,data")
+    parser.add_argument("--path-cases", type=int, default=None, help="training cases of the paths table")
+    parser.add_argument("--path-batches", type=int, default=None, help="timed batches per path (data alone)")
+    parser.add_argument("--path-steps", type=int, default=None, help="timed training steps per path")
+    parser.add_argument("--path-rounds", type=int, default=None, help="rounds of the paths table (rotating order)")
+    parser.add_argument("--path-settings", default="paper,quickstart,3d", help="settings of the paths table")
+    parser.add_argument("--parts", default="loader,training,data,paths")
     parser.add_argument("--out", type=Path, default=None, help=".md or .csv")
     args = parser.parse_args(argv)
     table_out, sys.stdout = sys.stdout, sys.stderr  # stdout carries the table only (progress to stderr)
@@ -348,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults = {"cases": 1 if quick else 8, "workers": "0,1" if quick else ("0,1,2,4,8" if cuda else "0,1,2"),
                 "loader_batches": 3 if quick else 20, "train_settings": "paper" if cuda else "quickstart",
                 "steps": 3 if quick else 60, "warmup": 1 if quick else 5, "rounds": 1 if quick else 3,
-                "phantom_cases": 1 if quick else 2}
+                "phantom_cases": 1 if quick else 2, "path_cases": 1 if quick else 4,
+                "path_batches": 3 if quick else 20, "path_steps": 2 if quick else 5, "path_rounds": 1 if quick else 3}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -366,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {torch.get_num_threads()} torch threads, {len(os.sched_getaffinity(0))} CPUs"
     rows: list[dict] = []
+    path_rows: list[dict] = []
     parts = args.parts.split(",")
     if "loader" in parts:
         bench_loaders(args, device, rows)
@@ -373,19 +495,31 @@ def main(argv: list[str] | None = None) -> int:
         bench_training(args, device, rows)
     if "data" in parts:
         bench_data(args, rows)
+    if "paths" in parts:
+        bench_paths(args, device, path_rows)
     header = (f"segbench pipeline, {what}, torch {torch.__version__}"
               + (" (QUICK: a dry run, not a measurement)" if quick else ""))
-    table = ["| part | what | setting | result | |", "|---|---|---|---|---|"]
-    table += [f"| {r['part']} | {r['what']} | {r['setting']} | {r['value']} | {r['per_unit']} |" for r in rows]
-    print(f"{header}\n\n" + "\n".join(table), file=table_out)
+    text = [header, ""]
+    if rows:
+        text += ["| part | what | setting | result | |", "|---|---|---|---|---|"]
+        text += [f"| {r['part']} | {r['what']} | {r['setting']} | {r['value']} | {r['per_unit']} |" for r in rows]
+    if path_rows:
+        text += ([""] if rows else []) + [
+            "| setting | path | data + augmentation, ms/batch | step without data, ms | step with data, ms | "
+            "data / step |", "|---|---|---|---|---|---|"]
+        text += [f"| {r['setting']} | {r['path']} | {r['data_ms']} | {r['step_without_ms']} | {r['step_with_ms']} | "
+                 f"{r['share']} |" for r in path_rows]
+    print("\n".join(text), file=table_out)
     if args.out is not None:
         if args.out.suffix == ".csv":
             with open(args.out, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-                writer.writeheader()
-                writer.writerows(rows)
+                for table_rows in (rows, path_rows):
+                    if table_rows:
+                        writer = csv.DictWriter(fh, fieldnames=list(table_rows[0]))
+                        writer.writeheader()
+                        writer.writerows(table_rows)
         else:
-            args.out.write_text(f"{header}\n\n" + "\n".join(table) + "\n")
+            args.out.write_text("\n".join(text) + "\n")
     if temporary is not None:
         temporary.cleanup()
     return 0

@@ -24,7 +24,11 @@ steps (compilation, worker start-up):
 * **GPU busy**: over the next ``--profile-steps`` steps, under ``torch.profiler``, the union of
   the intervals in which a CUDA kernel ran, divided by the wall time of those steps (the
   profiler's own cost on the host slightly lowers it: a lower bound);
-* ``num_workers``: what ``data.num_workers: auto`` resolved to on this machine.
+* ``pipeline``: the data path (``--pipelines``: ``auto``, the default run's choice, ``device`` on CUDA;
+  ``loader`` and ``device`` side by side compare the loader's CPU workers with batches cut and augmented on
+  the GPU, :mod:`segbench.data.device`);
+* ``num_workers``: what ``data.num_workers: auto`` resolved to on this machine (the loader path's; the
+  device path uses none).
 """
 
 from __future__ import annotations
@@ -75,7 +79,7 @@ def busy_seconds(prof) -> float:
     return total / 1e6  # microseconds
 
 
-def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path) -> dict:
+def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path, pipeline: str = "auto") -> dict:
     import pytorch_lightning as pl
     from omegaconf import open_dict
 
@@ -84,7 +88,7 @@ def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path) -> 
     cuda = args.device == "cuda"
     values = {"paths.data_dir": str(data_dir), "data.phantom.size": "224", "data.phantom.slice_thickness": "[2.5]",
               "data.phantom.num_cases": str(args.cases), "data.split.train": str(args.cases), "data.split.val": "0",
-              "data.split.test": "0", **(QUICK if args.quick else {})}
+              "data.split.test": "0", "data.pipeline": pipeline, **(QUICK if args.quick else {})}
     cfg = compose("~experiment", "data=phantom", "loss=ce_dice", "trainer=gpu" if cuda else "trainer=cpu",
                   *(f"{key}={value}" for key, value in values.items()))
     total = args.warmup + args.steps + args.profile_steps
@@ -147,10 +151,13 @@ def run_one(args, model: str, compiled: bool, data_dir: Path, workdir: Path) -> 
         except Exception as exc:  # noqa: BLE001 - the throughput stands without it
             note = f"GPU busy not measured: {str(exc).splitlines()[0][:80]}"
     loader = datamodule.train_loader_options()
-    return {"model": model, "compile": "yes" if compiled else "no", "precision": str(cfg.trainer.precision),
+    used = datamodule.pipeline_in_use()
+    return {"model": model, "compile": "yes" if compiled else "no", "pipeline": used,
+            "precision": str(cfg.trainer.precision),
             "batch": f"{datamodule.batch_size} x {cfg.data.img_size}^2", "images_per_s": f"{images:.0f}",
             "ms_per_step": f"{1000 * datamodule.batch_size / images:.1f}", "gpu_busy": busy,
-            "num_workers": str(loader["num_workers"]), "pin_memory": str(loader["pin_memory"]).lower(),
+            "num_workers": str(loader["num_workers"]) if used == "loader" else "-",
+            "pin_memory": str(loader["pin_memory"]).lower(),
             "params_M": f"{sum(p.numel() for p in module.net.parameters()) / 1e6:.2f}", "note": note}
 
 
@@ -162,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="unet,basic_unet")
     parser.add_argument("--compile", default="no,yes", help="no, yes or both (no,yes)")
     parser.add_argument("--compile-backend", default="inductor", help="eager: a dry run of the compile path")
+    parser.add_argument("--pipelines", default="auto", help="data.pipeline values, e.g. loader,device")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA (trainer=gpu), fp32 on CPU")
     parser.add_argument("--cases", type=int, default=None,
                         help="phantom training cases (~85-90 slices each: 16 fill one epoch of 48 steps)")
@@ -181,27 +189,28 @@ def main(argv: list[str] | None = None) -> int:
     what = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     temporary = tempfile.TemporaryDirectory()
     data_dir = args.data_dir or Path(temporary.name) / "data"
-    columns = ["model", "compile", "precision", "batch", "images_per_s", "ms_per_step", "gpu_busy", "num_workers",
-               "pin_memory", "params_M", "note"]
+    columns = ["model", "compile", "pipeline", "precision", "batch", "images_per_s", "ms_per_step", "gpu_busy",
+               "num_workers", "pin_memory", "params_M", "note"]
     header = (f"segbench-train end to end, {what}, torch {torch.__version__}, {args.cases} phantom cases, "
               f"{args.steps} timed steps after {args.warmup}, GPU busy over {args.profile_steps} profiled steps"
               + (" (QUICK: a dry run, not a measurement)" if args.quick else ""))
     table = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     print(f"{header}\n\n" + "\n".join(table), file=table_out, flush=True)
     rows = []
-    for model in args.models.split(","):
-        for compiled in (c == "yes" for c in args.compile.split(",")):
-            workdir = Path(temporary.name) / f"{model}-{int(compiled)}"
-            try:
-                row = run_one(args, model, compiled, data_dir, workdir)
-            except Exception as exc:  # noqa: BLE001 - one row must not hide the others
-                row = {c: "" for c in columns} | {"model": model, "compile": "yes" if compiled else "no",
-                                                  "note": str(unwrap(exc)).splitlines()[0][:120]}
-            finally:
-                if args.device == "cuda":
-                    torch.cuda.empty_cache()
-            rows.append(row)
-            print("| " + " | ".join(row[c] for c in columns) + " |", file=table_out, flush=True)
+    runs = [(m, c == "yes", p) for m in args.models.split(",") for c in args.compile.split(",")
+            for p in args.pipelines.split(",")]
+    for model, compiled, pipeline in runs:
+        workdir = Path(temporary.name) / f"{model}-{int(compiled)}-{pipeline}"
+        try:
+            row = run_one(args, model, compiled, data_dir, workdir, pipeline)
+        except Exception as exc:  # noqa: BLE001 - one row must not hide the others
+            row = {c: "" for c in columns} | {"model": model, "compile": "yes" if compiled else "no",
+                                              "pipeline": pipeline, "note": str(unwrap(exc)).splitlines()[0][:120]}
+        finally:
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        rows.append(row)
+        print("| " + " | ".join(row[c] for c in columns) + " |", file=table_out, flush=True)
     if args.out is not None:
         if args.out.suffix == ".csv":
             with open(args.out, "w", newline="") as fh:

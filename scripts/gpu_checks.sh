@@ -2,9 +2,10 @@
 # The GPU checks, in one run on a CUDA machine: the CUDA tests (with PyTorch's detector of synchronising
 # CUDA calls in the training step), bench_throughput (segbench-train end to end at the paper's settings:
 # images/s and the share of time the GPU is busy, bf16 with and without torch.compile, segbench's U-Net and
-# MONAI's BasicUNet), bench_losses (every loss beside MONAI, 2D and 3D), bench_metrics (the CUDA path, its
+# MONAI's BasicUNet), bench_paths (the same end to end for segbench's U-Net, data.pipeline=device against
+# data.pipeline=loader with the auto worker count), bench_losses (every loss beside MONAI, 2D and 3D), bench_metrics (the CUDA path, its
 # agreement with the CPU path to 1e-6 mm, MONAI beside it), bench_edt (the EDT kernels and the boundary
-# losses) and bench_models. Under 9.5 minutes (the step limits add up to 560 s; a device run may take
+# losses) and bench_models. Under 10 minutes (the step limits add up to 580 s; a device run may take
 # 600 s); a failed or timed-out step does not stop the others, and the tables print row by row, so a step
 # cut short keeps the rows it finished. Tables go to $OUT (default gpu_checks/): one .md per step and one
 # log of everything.
@@ -48,13 +49,19 @@ if [ "$device" = cuda ]; then
 fi
 python3 -c "import torch, monai; print('torch', torch.__version__, 'monai', monai.__version__)" >> "$log" 2>&1
 
+# both end-to-end steps train on one phantom (generated and preprocessed once, by the first), kept out of $out
+data_args=(--data-dir "${TMPDIR:-/tmp}/segbench_gpu_checks_data")
+# data.pipeline=device against the loader path with data.num_workers=auto, segbench's U-Net, no compile
+paths_args=(--models unet --compile no --pipelines loader,device)
 if [ -n "${QUICK:-}" ]; then
   throughput_args=(--quick --models unet,basic_unet --compile yes)  # the compiled path includes the plain one
+  paths_args+=(--quick)
   losses_args=(--losses dice,boundary --shapes 2d --repeats 1 --warmup 0)
   metrics_args=(--shape 32 128 128 --no-medpy --no-monai --repeats 1)
   edt_args=(--shapes 2d --repeats 1 --losses --only boundary)
   models_args=(--models unet --dims 2 --size-2d 64 --repeats 1 --warmup 0)
-  tests=(tests/test_edt.py tests/test_host_sync.py::test_a_step_that_reads_its_loss_is_caught)
+  tests=(tests/test_edt.py tests/test_host_sync.py::test_a_step_that_reads_its_loss_is_caught
+         tests/test_device_pipeline.py::test_2d_device_batches_equal_monai_for_the_same_draws)
 else
   throughput_args=()   # 16 phantom cases at 224 px, 10 + 30 + 8 steps per row (one epoch), 4 rows
   losses_args=(--repeats 3 --warmup 1)  # MONAI's HausdorffDTLoss alone takes ~4 s a call
@@ -62,10 +69,11 @@ else
   edt_args=(--repeats 3 --losses)
   models_args=(--repeats 3)
   tests=(tests/test_metrics_torch.py tests/test_edt.py tests/test_loss_maps.py tests/test_losses_boundary.py
-         tests/test_host_sync.py)
+         tests/test_host_sync.py tests/test_device_pipeline.py::test_device_batches_on_cuda_match_the_cpu)
 fi
 if [ "$device" = cpu ]; then
   throughput_args+=(--device cpu --compile-backend eager)  # the dry run: dynamo without a C++ build
+  paths_args+=(--device cpu)
 fi
 
 # The limits below fit the GPU run's 600 s. A CPU dry run scales them (LIMIT_SCALE, default 6 on a CPU): the
@@ -84,9 +92,10 @@ step() {  # step NAME LIMIT_S COMMAND...: stdout -> $out/NAME.md, stderr -> the 
 }
 
 step tests 90 python3 -m pytest -q -p no:cacheprovider "${tests[@]}"
-step bench_throughput 160 python3 scripts/bench_throughput.py "${throughput_args[@]}"
-step bench_losses 130 python3 scripts/bench_losses.py --device "$device" "${losses_args[@]}"
-step bench_metrics 60 python3 scripts/bench_metrics.py "${metrics_args[@]}"
-step bench_edt 60 python3 scripts/bench_edt.py --devices "$device" "${edt_args[@]}"
+step bench_throughput 160 python3 scripts/bench_throughput.py "${throughput_args[@]}" "${data_args[@]}"
+step bench_paths 60 python3 scripts/bench_throughput.py "${paths_args[@]}" "${data_args[@]}"
+step bench_losses 110 python3 scripts/bench_losses.py --device "$device" "${losses_args[@]}"
+step bench_metrics 50 python3 scripts/bench_metrics.py "${metrics_args[@]}"
+step bench_edt 50 python3 scripts/bench_edt.py --devices "$device" "${edt_args[@]}"
 step bench_models 60 python3 scripts/bench_models.py --device "$device" "${models_args[@]}"
 exit "$failed"

@@ -251,7 +251,7 @@ class SegModule(pl.LightningModule):
             pred = self.predict_case_3d(batch["image"], batch["native_shape"])
         else:
             pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
-        self.evaluator.add_case(batch["case_id"], pred, batch["label"].numpy(), batch["spacing"],
+        self.evaluator.add_case(batch["case_id"], pred, np.asarray(batch["label"]), batch["spacing"],
                                 spacing_known=bool(batch.get("spacing_known", True)))
         if self.prediction_dir is not None:
             write_prediction(self.prediction_dir, batch["case_id"], pred, batch["affine"])

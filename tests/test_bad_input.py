@@ -128,6 +128,15 @@ CASES = [
      r"metrics\.report_convention='medpy' is not scored by this run; choose one of default, transunet"),
     ("unknown optimized_metric", "train", lambda t, p, s: ["debug=smoke", "optimized_metric=speed"],
      r"optimized_metric='speed' is unknown; choose one of mean_dsc, val/dice"),
+    ("unknown data pipeline", "train", lambda t, p, s: ["debug=smoke", "data.pipeline=gpu"],
+     r"^data\.pipeline='gpu' is unknown; choose auto \(device on CUDA, loader otherwise\), device \(batches cut and "
+     r"augmented on the training device\) or loader \(CPU workers\)$"),
+    ("negative device cache budget", "train", lambda t, p, s: ["debug=smoke", "data.device_cache_gb=-2"],
+     r"^data\.device_cache_gb=-2 is not a budget; pass auto \(40% of the free device memory on CUDA\) or a number "
+     r"of GB >= 0 \(0: keep the data in host memory\)$"),
+    ("non-numeric device cache budget", "train", lambda t, p, s: ["debug=smoke", "data=phantom3d", "model=unet3d",
+                                                                    "data.device_cache_gb=lots"],
+     r"^data\.device_cache_gb='lots' is not a budget; pass auto"),
     ("corrupt checkpoint", "eval",
      lambda t, p, s: [f"ckpt_path={run_with_checkpoint(s, t, (s / 'checkpoints' / 'last.ckpt').read_bytes()[:5000])}"
                       "/checkpoints/last.ckpt"],

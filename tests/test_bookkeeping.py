@@ -60,6 +60,18 @@ def test_the_config_change_check_sees_a_key_only_the_new_config_has(tmp_path):
     _check_same_config(tmp_path, OmegaConf.create(old), "an unfinished run")  # the same config passes
 
 
+def test_a_run_written_before_data_pipeline_existed_is_the_same_config_under_its_default(tmp_path):
+    """A directory whose config lacks ``data.pipeline`` / ``data.device_cache_gb`` (written before they
+    existed) trained as ``auto`` does: it resumes under the default; another value is refused."""
+    old = {"data": {"name": "phantom", "batch_size": 8}, "seed": 1}
+    (tmp_path / "run.json").write_text(json.dumps({"status": "interrupted", "config": old}))
+    now = {"data": {"name": "phantom", "batch_size": 8, "pipeline": "auto", "device_cache_gb": "auto"}, "seed": 1}
+    _check_same_config(tmp_path, OmegaConf.create(now), "an unfinished run")
+    now["data"]["pipeline"] = "device"
+    with pytest.raises(ConfigError, match=r"another config \(data\.pipeline: auto -> device\)"):
+        _check_same_config(tmp_path, OmegaConf.create(now), "an unfinished run")
+
+
 # -- which weights the test split is scored with; resume=false ---------------------------------------------
 RIGGED = '''
 """segbench-train whose validation Dice is 1 at epoch 0 and 0 after (so epoch 0 is the best by validation),

@@ -144,7 +144,11 @@ def test_training_step_makes_no_host_sync_in_3d(loss, phantom_dir, cuda_kernels)
 
 
 @pytest.mark.parametrize("extra", [["consistency.weight=0.1"], ["loss=afw_dice", "data.precompute_loss_maps=true"],
-                                   ["loss=boundary", "data.precompute_loss_maps=true"]])
+                                   ["loss=boundary", "data.precompute_loss_maps=true"],
+                                   ["data.pipeline=device"],   # batches augmented in on_after_batch_transfer
+                                   ["loss=boundary", "data.precompute_loss_maps=true", "data.pipeline=device"],
+                                   ["data.pipeline=device", "data=phantom3d", "model=unet3d",
+                                    "data.patch_size=[8,32,32]"]])
 def test_training_step_options_make_no_host_sync(extra, phantom_dir, cuda_kernels):
     per_step = fit_counting(compose_run(phantom_dir, *extra))
     assert per_step == [[]] * STEPS, f"{extra}: host reads in training_step: {per_step[0]}"

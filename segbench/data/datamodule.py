@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ from monai.utils import convert_to_tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
-from .loader import check_loader_options, check_num_workers, loader_options
+from .device import MARK, SlicePath, check_device_cache_gb, check_pipeline, resolve_pipeline
+from .loader import check_loader_options, check_num_workers, loader_options, training_device
 from .preprocess import check_target_spacing, resample_volume
 from .volume import CaseRef, Volume, to_canonical
 
@@ -127,21 +129,22 @@ class SliceDataset(Dataset):
 
 
 class VolumeDataset(Dataset):
-    """Whole test cases: model-size slices for prediction plus the native label and spacing."""
+    """Whole test cases: model-size slices for prediction plus the native label (a NumPy array: it stays on
+    the host, where it is scored), spacing and affine.
 
-    def __init__(self, volumes: list[Volume], window: Sequence[float], img_size: int):
+    ``slices(i)``: case ``i``'s model-size slices, ``(Z, 1, S, S)``, resized once per data module
+    (:meth:`SegDataModule.test_slices`), on the host or the training device."""
+
+    def __init__(self, volumes: list[Volume], slices: Callable[[int], torch.Tensor]):
         self.volumes = volumes
-        self.window = window
-        self.img_size = img_size
+        self.slices = slices
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         vol = self.volumes[i]
-        slices = resize_slices(unit_image(vol, self.window), self.img_size, is_label=False)
-        return {"case_id": vol.case_id, "image": torch.from_numpy(slices)[:, None],
-                "label": torch.from_numpy(vol.label), "spacing": vol.spacing,
+        return {"case_id": vol.case_id, "image": self.slices(i), "label": vol.label, "spacing": vol.spacing,
                 "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape}
 
 
@@ -171,6 +174,13 @@ def check_label_ids(label_ids: dict[str, Sequence[int]], num_classes: int, ignor
 
 def first_item(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return batch[0]
+
+
+def _trainer_placement(trainer) -> tuple[torch.device, int, int]:
+    """``(device, global rank, world size)`` of a Lightning trainer (the CPU, 0, 1 without one)."""
+    if trainer is None:
+        return torch.device("cpu"), 0, 1
+    return trainer.strategy.root_device, int(trainer.global_rank), int(trainer.world_size)
 
 
 def _seeded_order(case_ids: list[str], seed: int | None, subset: int | None) -> list[str]:
@@ -277,8 +287,14 @@ class CaseDataModule(pl.LightningDataModule):
                  num_classes: int | None, name: str, cache_dir: str | None,
                  target_spacing: Sequence[float | None] | None, precompute_loss_maps: bool = False,
                  num_workers: int | str = "auto", pin_memory: bool | str = "auto", prefetch_factor: int = 4,
-                 nonfinite_fill: float | None = None):
+                 nonfinite_fill: float | None = None, pipeline: str = "auto", device_cache_gb: str | float = "auto"):
         super().__init__()
+        self.pipeline = check_pipeline(pipeline)
+        self.device_cache_gb = check_device_cache_gb(device_cache_gb)
+        # set by segbench.runtime.build from the run's seed: the device path's generators are seeded from it
+        self.seed: int | None = None
+        self._device_path = None   # the device path of the current fit / test (segbench.data.device)
+        self._device_state: dict[str, Any] | None = None   # a checkpoint's position, until the path exists
         self.num_workers = check_num_workers(num_workers)
         self.pin_memory, self.prefetch_factor = check_loader_options(pin_memory, prefetch_factor)
         if nonfinite_fill is not None and not (isinstance(nonfinite_fill, (int, float))
@@ -425,6 +441,47 @@ class CaseDataModule(pl.LightningDataModule):
         """Pinned validation batches on CUDA (``data.pin_memory``), loaded in the training process."""
         return self.train_loader_options()["pin_memory"]
 
+    # -- the device path (data.pipeline; segbench.data.device) ---------------------------------------------------
+    #: the device path's class for this module's samples (segbench.data.device.SlicePath / PatchPath)
+    device_path_class: Any = None
+
+    def pipeline_in_use(self) -> str:
+        """``device`` or ``loader``: ``data.pipeline`` for the attached trainer's device (``auto``: device on CUDA)."""
+        return resolve_pipeline(self.pipeline, training_device(self.trainer)[0])
+
+    def device_path(self):
+        """The device path on the attached trainer's device (made once per device and data module)."""
+        device, rank, world = _trainer_placement(self.trainer)
+        if self._device_path is None or self._device_path.device != device:
+            seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+            self._device_path = self.device_path_class(self, device, rank, world, seed)
+            if self._device_state is not None:
+                self._device_path.load_state_dict(self._device_state)
+        return self._device_path
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and MARK in batch:
+            return self.device_path().before_transfer(batch)
+        return batch
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and MARK in batch:
+            return self.device_path().after_transfer(batch)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The device path's position in training (saved in checkpoints); nothing for the loader path."""
+        if self._device_path is None or self._device_path._train is None:
+            return {}
+        return {"device_path": self._device_path.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("device_path")
+        if state is not None:
+            self._device_state = dict(state)
+            if self._device_path is not None:
+                self._device_path.load_state_dict(self._device_state)
+
     def write_splits(self, path: Path) -> None:
         from ..files import atomic_write_text
 
@@ -452,9 +509,14 @@ class SegDataModule(CaseDataModule):
             a number replaces them by it (in the image's units, e.g. -1024 HU).
         target_spacing: ``[sz, sy, sx]`` mm to resample every case to before slicing (``null`` entries
             keep that axis; ``None`` = native spacing). Test cases are then scored on the resampled grid.
+        pipeline: ``auto`` | ``device`` | ``loader``: where training batches are cut and augmented
+            (:mod:`segbench.data.device`; ``auto``: on the device on CUDA, in the loader elsewhere).
+        device_cache_gb: ``auto`` | GB: how much of the training device the device path may fill with data.
         root, phantom: read by the source config through interpolation (``${data.root}``);
             accepted here so that the data config stays one flat group.
     """
+
+    device_path_class = SlicePath
 
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float] = (-125, 275),
                  img_size: int = 224, batch_size: int = 24, num_workers: int | str = "auto",
@@ -462,9 +524,11 @@ class SegDataModule(CaseDataModule):
                  name: str = "dataset", slices_with_foreground_only: bool = False,
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
                  target_spacing: Sequence[float | None] | None = None, precompute_loss_maps: bool = False,
-                 pin_memory: bool | str = "auto", prefetch_factor: int = 4, nonfinite_fill: float | None = None):
+                 pin_memory: bool | str = "auto", prefetch_factor: int = 4, nonfinite_fill: float | None = None,
+                 pipeline: str = "auto", device_cache_gb: str | float = "auto"):
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill)
+                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill, pipeline,
+                         device_cache_gb)
         if int(img_size) < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {img_size}")
         if int(batch_size) < 1:
@@ -476,6 +540,7 @@ class SegDataModule(CaseDataModule):
         self.batch_size = int(batch_size)
         self.augment = dict(augment or {})
         self.slices_with_foreground_only = slices_with_foreground_only
+        self._test_slices: dict[str, torch.Tensor] = {}   # case id -> its model-size slices (test_slices)
 
     # -- setup -----------------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -523,16 +588,34 @@ class SegDataModule(CaseDataModule):
         return build_augmentation(self.augment, spatial_dims=2)
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        if self.pipeline_in_use() == "device":
+            return self.device_path().train_loader()
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
                           drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
 
     def val_dataloader(self):
         if self.val_set is None:
             return []
+        if self.pipeline_in_use() == "device":
+            return self.device_path().val_loader()
         return DataLoader(self.val_set, batch_size=self.batch_size * 2, shuffle=False, num_workers=0,
                           pin_memory=self.eval_pin_memory())
 
+    def test_slices(self, i: int) -> torch.Tensor:
+        """Test case ``i``'s axial slices at the model size, ``(Z, 1, S, S)``: resized when first asked for,
+        kept for every later test pass."""
+        vol = self.test_volumes[i]
+        if vol.case_id not in self._test_slices:
+            slices = resize_slices(unit_image(vol, self.window), self.img_size, is_label=False)
+            self._test_slices[vol.case_id] = torch.from_numpy(slices)[:, None]
+        return self._test_slices[vol.case_id]
+
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(VolumeDataset(self.test_volumes, self.window, self.img_size), batch_size=1,
-                          collate_fn=first_item, num_workers=0)
+        slices = self.test_slices
+        if self.pipeline_in_use() == "device":  # every case resized now: the cache needs their size
+            held = self.device_path().cache.place("test", "test cases' slices",
+                                                  {"image": [slices(i) for i in range(len(self.test_volumes))]})
+            slices = held["image"].__getitem__
+        return DataLoader(VolumeDataset(self.test_volumes, slices), batch_size=1, collate_fn=first_item,
+                          num_workers=0)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
 from .datamodule import CaseDataModule, UntrackedCompose, build_augmentation, first_item, label_ids_of, with_loss_maps
+from .device import PatchPath
 from .preprocess import check_target_shape, resize_volume
 from .volume import Volume
 
@@ -117,18 +118,21 @@ class WholeCases(Dataset):
 
 
 class TestCases(Dataset):
-    """Whole test cases: ``image`` ``(1, 1, Z, Y, X)`` for sliding-window prediction + label, spacing, affine."""
+    """Whole test cases: ``image`` ``(1, 1, Z, Y, X)`` for sliding-window prediction + label (a NumPy array: it
+    stays on the host, where it is scored), spacing, affine. ``images``: the cases' images where the device
+    path holds them (default: from the volumes)."""
 
-    def __init__(self, volumes: list[Volume]):
+    def __init__(self, volumes: list[Volume], images: list[torch.Tensor] | None = None):
         self.volumes = volumes
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.volumes)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         vol = self.volumes[i]
-        return {"case_id": vol.case_id, "image": torch.from_numpy(vol.image)[None, None],
-                "label": torch.from_numpy(vol.label), "spacing": vol.spacing,
+        image = self.images[i] if self.images is not None else torch.from_numpy(vol.image)[None, None]
+        return {"case_id": vol.case_id, "image": image, "label": vol.label, "spacing": vol.spacing,
                 "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape}
 
 
@@ -152,10 +156,13 @@ class PatchDataModule(CaseDataModule):
         spatial_dims: must be 3.
         img_size: not used in 3D (the network sees ``patch_size``); accepted so that 2D overlays such
             as ``debug=smoke`` compose with 3D data configs.
+        pipeline, device_cache_gb: as :class:`~segbench.data.datamodule.SegDataModule` (the device path cuts
+            the patches on the device: :class:`~segbench.data.device.PatchPath`).
         root, phantom: read by the source config through interpolation.
     """
 
     spatial_dims = 3
+    device_path_class = PatchPath
 
     def __init__(self, source, class_names: Sequence[str], split: dict[str, Any],
                  window: Sequence[float] = (-125, 275), patch_size: Sequence[int] = (96, 96, 96),
@@ -166,12 +173,14 @@ class PatchDataModule(CaseDataModule):
                  spatial_dims: int = 3, num_classes: int | None = None, name: str = "dataset",
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
                  precompute_loss_maps: bool = False, pin_memory: bool | str = "auto", prefetch_factor: int = 4,
-                 target_shape: Sequence[int] | None = None, nonfinite_fill: float | None = None):
+                 target_shape: Sequence[int] | None = None, nonfinite_fill: float | None = None,
+                 pipeline: str = "auto", device_cache_gb: str | float = "auto"):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
-                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill)
+                         precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill, pipeline,
+                         device_cache_gb)
         self.target_shape = check_target_shape(target_shape)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
@@ -241,7 +250,9 @@ class PatchDataModule(CaseDataModule):
         return self._overlays.images[:n], self._overlays.labels[:n]
 
     # -- loaders ---------------------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
+        if self.pipeline_in_use() == "device":
+            return self.device_path().train_loader()
         from monai.data import DataLoader as MonaiDataLoader  # re-seeds the random crops in every worker
 
         return MonaiDataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
@@ -250,9 +261,16 @@ class PatchDataModule(CaseDataModule):
     def val_dataloader(self):
         if self.val_set is None:
             return []
+        if self.pipeline_in_use() == "device":
+            return self.device_path().val_loader()
         batch = 1 if self.validation == "sliding_window" else self.batch_size
         return DataLoader(self.val_set, batch_size=batch, shuffle=False, num_workers=0,
                           pin_memory=self.eval_pin_memory())
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(TestCases(self.test_volumes), batch_size=1, collate_fn=first_item, num_workers=0)
+        images = None
+        if self.pipeline_in_use() == "device":
+            held = self.device_path().cache.place(
+                "test", "test cases", {"image": [torch.from_numpy(v.image)[None, None] for v in self.test_volumes]})
+            images = held["image"]
+        return DataLoader(TestCases(self.test_volumes, images), batch_size=1, collate_fn=first_item, num_workers=0)

@@ -13,7 +13,9 @@ augmentation and cropping, so they describe exactly the target the loss sees):
 :meth:`SegLoss.map_builder` gives a picklable :class:`TargetMapBuilder` that the
 datasets call on each sample's label, and the batch carries them under
 ``"maps"``, keyed by :attr:`TargetMap.key`. Both paths run the same function on
-the same label, so the values are the same (tested).
+the same label, so the values are the same (tested). With ``data.pipeline=device``
+the maps of a whole augmented batch are computed on the training device
+(:meth:`TargetMapBuilder.batch`: the torch EDT kernels on CUDA).
 """
 
 from __future__ import annotations
@@ -135,3 +137,15 @@ class TargetMapBuilder:
             raise ValueError(f"label ids must be in [0, {self.num_classes - 1}], got "
                              f"[{int(target.min())}, {int(target.max())}]; check data.num_classes")
         return {spec.key: spec.compute(target, self.num_classes, valid)[0] for spec in self.maps}
+
+    def batch(self, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The maps of a ``[B, *spatial]`` batch of label maps, on its device (the device data path:
+        :mod:`segbench.data.device`), ``{key: [B, ...]}``: the values :meth:`__call__` gives sample by sample.
+        The label ids are not checked here (that reads the batch back to the host): the data module checked
+        every case's ids where it loaded them."""
+        target = target.long()
+        valid = None
+        if self.ignore_index is not None:
+            valid = target != self.ignore_index
+            target = torch.where(valid, target, torch.zeros_like(target))
+        return {spec.key: spec.compute(target, self.num_classes, valid) for spec in self.maps}

@@ -27,6 +27,7 @@ def build(cfg: DictConfig):
                        inference=OmegaConf.to_container(cfg.inference, resolve=True) if "inference" in cfg else None,
                        consistency=OmegaConf.to_container(cfg.consistency) if "consistency" in cfg else None)
     datamodule = instantiate(cfg.data, _recursive_=True, _convert_="all")
+    datamodule.seed = int(cfg.seed)  # the device path's generators are seeded from (seed, rank, epoch)
     if datamodule.precompute_loss_maps:
         datamodule.loss_maps = module.loss_fn.map_builder(datamodule.num_classes)
         if datamodule.loss_maps is None:

@@ -43,6 +43,9 @@ ERROR = Path("results") / "error.json"
 #: config keys that may differ between attempts of one run: where files live, how many threads,
 #: the run's name and the resume switches themselves
 VOLATILE_KEYS = ("run_name", "paths", "num_threads", "resume", "ckpt_path", "optimized_metric")
+#: data keys added after runs were written, with the value that gives what those runs did: a directory whose
+#: config lacks them holds a run of that value (it resumes, or is found finished, under today's default)
+ADDED_DATA_DEFAULTS = {"pipeline": "auto", "device_cache_gb": "auto"}
 
 
 def _now() -> str:
@@ -83,6 +86,14 @@ def comparable_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in container.items() if k not in VOLATILE_KEYS}
 
 
+def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS` where it lacks them."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        return config
+    return {**config, "data": {**data, **{k: v for k, v in ADDED_DATA_DEFAULTS.items() if k not in data}}}
+
+
 def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:
     """Dotted keys whose values differ, as ``key: old -> new``."""
     if isinstance(old, dict) and isinstance(new, dict):
@@ -99,7 +110,7 @@ def _check_same_config(output_dir: Path, cfg: DictConfig, what: str) -> None:
         return  # a directory from before run.json existed: nothing to compare with
     from .trust import current_targets
 
-    changes = config_changes(current_targets(status["config"]), comparable_config(cfg))
+    changes = config_changes(with_added_defaults(current_targets(status["config"])), comparable_config(cfg))
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise ConfigError(f"{output_dir} holds {what} with another config ({shown}); choose another run_name "
