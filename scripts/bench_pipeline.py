@@ -369,11 +369,12 @@ def bench_paths(args, device: torch.device, rows: list[dict]) -> None:
         preloaded = Preloaded([next(stream)[0] for _ in range(total)])
         stream.close()
 
-        def fed(pipeline: str):
+        def fed(pipeline: str, cfg=cfg, datamodule=datamodule, total=total):
             batches = (batch for batch, _ in path_batches(datamodule, pipeline, device))
             return bare_loop(cfg, itertools.islice(batches, total), device, args.warmup, total)
 
-        variants = {"without": lambda: bare_loop(cfg, preloaded, device, args.warmup, total),
+        variants = {"without": lambda cfg=cfg, preloaded=preloaded, total=total:
+                    bare_loop(cfg, preloaded, device, args.warmup, total),
                     "loader": lambda: fed("loader"), "device": lambda: fed("device")}
         names = list(variants)
         steps: dict[str, list[float]] = {n: [] for n in names}
