@@ -81,12 +81,10 @@ def build_augmentation(augment: dict[str, float], spatial_dims: int):
     """
     from monai.transforms import RandFlipd, RandRotated
 
-    flip = float(augment.get("flip_prob", 0.0))
-    rot = float(augment.get("rotate_prob", 0.0))
-    deg = float(augment.get("rotate_range_deg", 0.0))
-    for key, value in (("flip_prob", flip), ("rotate_prob", rot)):
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"data.augment.{key} must be in [0, 1], got {value}")
+    from .batch_augment import Augment
+
+    settings = Augment.from_config(augment, spatial_dims)  # the same checks as the device path's
+    flip, rot, deg = settings.flip_prob, settings.rotate_prob, settings.rotate_range_deg
     steps = []
     if flip > 0:
         steps += [RandFlipd(["image", "label"], prob=flip, spatial_axis=axis) for axis in range(spatial_dims)]
