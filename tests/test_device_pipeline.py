@@ -102,16 +102,22 @@ def device_batches(dm):
         yield drawn, dm.on_after_batch_transfer(dm.on_before_batch_transfer(drawn, 0), 0)
 
 
-# -- equivalence with the loader path's MONAI transforms -------------------------------------------------------
-@pytest.mark.parametrize("budget", ["auto", 0])  # on the device / gathered in host memory (a budget of 0 GB)
-def test_2d_device_batches_equal_monai_for_the_same_draws(tmp_path, budget):
-    root = random_cases(tmp_path / "ds", [(10, 40, 40)] * 4)
+def device_slices(root, budget) -> SegDataModule:
+    """A 2D data module on the device path over ``root``'s cases (2 train, 1 val, 1 test), set up for fit."""
     dm = SegDataModule(source=NiftiFolderSource(root, num_classes=3), class_names=NAMES,
                        split={"train": 2, "val": 1, "test": 1}, img_size=32, batch_size=5, augment=AUG,
                        pipeline="device", device_cache_gb=budget)
     dm.seed = 3
     dm.prepare_data()
     dm.setup("fit")
+    return dm
+
+
+# -- equivalence with the loader path's MONAI transforms -------------------------------------------------------
+@pytest.mark.parametrize("budget", ["auto", 0])  # on the device / gathered in host memory (a budget of 0 GB)
+def test_2d_device_batches_equal_monai_for_the_same_draws(tmp_path, budget):
+    root = random_cases(tmp_path / "ds", [(10, 40, 40)] * 4)
+    dm = device_slices(root, budget)
     reference = dm.train_set.transform   # the loader path's Compose (build_augmentation)
     dm.device_path().train_loader()
     assert dm.device_path().cache.parts["train"].on_device is (budget == "auto")
@@ -527,12 +533,7 @@ def test_device_batches_on_cuda_match_the_cpu(tmp_path):
     root = random_cases(tmp_path / "ds", [(10, 40, 40)] * 4)
     results = {}
     for device, budget in (("cpu", "auto"), ("cuda", "auto"), ("cuda", 0)):
-        dm = SegDataModule(source=NiftiFolderSource(root, num_classes=3), class_names=NAMES,
-                           split={"train": 2, "val": 1, "test": 1}, img_size=32, batch_size=5, augment=AUG,
-                           pipeline="device", device_cache_gb=budget)
-        dm.seed = 3
-        dm.prepare_data()
-        dm.setup("fit")
+        dm = device_slices(root, budget)
         dm.trainer = type("Trainer", (), {"strategy": type("S", (), {"root_device": torch.device(device)})(),
                                           "global_rank": 0, "world_size": 1})()
         batches = []
