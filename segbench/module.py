@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .data.datamodule import check_label_ids
@@ -30,9 +29,12 @@ from .losses import loss_from_config
 from .losses.base import SegLoss
 from .losses.consistency import check_consistency, perturbation_consistency
 from .metrics.results import CaseEvaluator
-from .models.inference import argmax_at, check_inference, sliding_window_logits
+from .models.inference import case_probabilities, check_inference, labels_at, sliding_window_logits
 from .report.overlays import figure_to_rgb, overlay_figure
 from .runtime.nonfinite import LossWatch
+
+#: where the test split can be scored (``metrics.grid``)
+GRIDS = ("original", "resampled")
 
 
 def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
@@ -90,6 +92,11 @@ class SegModule(pl.LightningModule):
         if report_convention is not None and report_convention not in self.evaluator.conventions:
             raise ConfigError(f"metrics.report_convention={report_convention!r} is not scored by this run; choose "
                               f"one of {', '.join(self.evaluator.conventions)} (or null: metrics.convention)")
+        # where the test split is scored: on each scan's own grid, or on the grid data.target_spacing resampled to
+        self.grid = metrics.get("grid", "original")
+        if self.grid not in GRIDS:
+            raise ConfigError(f"metrics.grid={self.grid!r} is unknown; choose original (each scan's own voxels) or "
+                              "resampled (the data.target_spacing grid)")
         self.slice_batch = int((test or {}).get("slice_batch", 32))
         self.num_overlays = num_overlays
         # channels-last speeds up 2D convolutions (oneDNN / cuDNN NHWC); 3D networks keep their layout
@@ -228,17 +235,12 @@ class SegModule(pl.LightningModule):
     # -- test ------------------------------------------------------------------------------------------------
     def predict_volume(self, slices: torch.Tensor, native_hw: Sequence[int]) -> np.ndarray:
         """Predict ``(Z, 1, S, S)`` slices; resize probabilities back to ``native_hw``; argmax -> (Z, Y, X)."""
-        out = []
-        for start in range(0, len(slices), self.slice_batch):
-            chunk = slices[start:start + self.slice_batch].to(self.device)
-            probs = self(chunk).float().softmax(1)
-            probs = F.interpolate(probs, size=tuple(native_hw), mode="bilinear", align_corners=False)
-            out.append(probs.argmax(1).to(torch.uint8).cpu())
-        return torch.cat(out).numpy()
+        probs = case_probabilities(self, slices)
+        return labels_at(probs, (len(slices), *native_hw), planar=True, chunk=self.slice_batch).cpu().numpy()
 
     def predict_case_3d(self, image: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
         """Predict a whole ``(1, 1, Z, Y, X)`` case by sliding window; class map at ``shape`` (Z, Y, X)."""
-        return argmax_at(self.infer(image.to(self.device)), shape).cpu().numpy()
+        return labels_at(case_probabilities(self, image), shape).cpu().numpy()
 
     #: where ``test_step`` writes NIfTI predictions (:func:`~segbench.data.volume.write_prediction`); None = don't
     prediction_dir = None
@@ -247,14 +249,28 @@ class SegModule(pl.LightningModule):
         self.evaluator.rows.clear()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        if batch["image"].dim() == 5:  # a whole 3D case
-            pred = self.predict_case_3d(batch["image"], batch["native_shape"])
+        """Predict a whole test case, score it (``metrics.grid``) and write its label map on the scan's own grid.
+
+        The class probabilities on the model's grid are brought to the grid that is scored, and (when
+        ``data.target_spacing`` / ``target_shape`` resampled the case) to the scan's own grid for the
+        prediction file, before each argmax (:func:`~segbench.models.inference.labels_at`)."""
+        planar = batch["image"].dim() == 4  # a 2D model's slices, or a whole 3D case
+        probs = case_probabilities(self, batch["image"])
+        original = batch.get("original")  # the scan's own grid, when the case was resampled (else None)
+        at = {"resampled": labels_at(probs, batch["native_shape"], planar, self.slice_batch).cpu().numpy()}
+        if original is not None:
+            at["original"] = labels_at(probs, original.shape, planar, self.slice_batch).cpu().numpy()
+        if original is not None and self.grid == "original":
+            self.evaluator.add_case(batch["case_id"], at["original"], original.label, original.spacing,
+                                    spacing_known=bool(batch.get("spacing_known", True)))
         else:
-            pred = self.predict_volume(batch["image"], batch["native_shape"][1:])
-        self.evaluator.add_case(batch["case_id"], pred, np.asarray(batch["label"]), batch["spacing"],
-                                spacing_known=bool(batch.get("spacing_known", True)))
+            self.evaluator.add_case(batch["case_id"], at["resampled"], np.asarray(batch["label"]), batch["spacing"],
+                                    spacing_known=bool(batch.get("spacing_known", True)))
         if self.prediction_dir is not None:
-            write_prediction(self.prediction_dir, batch["case_id"], pred, batch["affine"])
+            if original is None:
+                write_prediction(self.prediction_dir, batch["case_id"], at["resampled"], batch["affine"])
+            else:
+                write_prediction(self.prediction_dir, batch["case_id"], at["original"], original.affine)
 
     def on_test_epoch_end(self) -> None:
         # under DDP each rank scored its share of the cases: every rank ends with all rows, once each

@@ -71,3 +71,32 @@ def blob_case(seed: int, shape=(12, 64, 64), num_classes: int = 3):
         label[((y - cy) ** 2 + (x - cx) ** 2 < (5 + 2 * k) ** 2) & (z >= 0)] = k
     image = np.where(label > 0, 100 * label.astype(np.int16), -500).astype(np.int16)
     return image, label
+
+
+# -- DICOM ---------------------------------------------------------------------------------------------------
+def write_dicom(path: Path, stored: np.ndarray, position_z: float, instance: int, modality="CT",
+                intercept: float = -1024.0, spacing=(2.5, 0.7, 0.9)) -> None:
+    """One single-frame DICOM slice (stored values, a rescale intercept for CT) at ``position_z`` mm along an
+    axial series with ``spacing`` ``(sz, sy, sx)`` mm."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    sop = CTImageStorage if modality == "CT" else MRImageStorage
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, meta.MediaStorageSOPInstanceUID, modality
+    ds.Rows, ds.Columns = stored.shape
+    ds.PixelSpacing = [spacing[1], spacing[2]]      # row spacing (sy), column spacing (sx)
+    ds.SliceThickness = spacing[0]
+    ds.ImagePositionPatient = [-20.0, -15.0, position_z]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.InstanceNumber = instance
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    if modality == "CT":
+        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)

@@ -110,10 +110,13 @@ def test_resampling_and_the_preprocessing_cache_are_shared_with_2d(blob_dataset,
     dm = patch_module(blob_dataset, **options)
     test = next(iter(dm.test_dataloader()))
     assert test["image"].shape == (1, 1, 12, 32, 32) and test["label"].shape == (12, 32, 32)
-    assert test["spacing"] == pytest.approx((5.0, 1.6, 1.6))  # scored on the resampled grid, like 2D
-    assert dm.cache.builds == 4  # every case preprocessed once ...
+    assert test["spacing"] == pytest.approx((5.0, 1.6, 1.6))  # predicted on the resampled grid, like 2D ...
+    # ... and scored on the scan's own grid (metrics.grid=original): its label as the file holds it
+    assert test["original"].shape == (12, 64, 64) and test["original"].spacing == pytest.approx((5.0, 0.8, 0.8))
+    assert test["original"].label.shape == (12, 64, 64)
+    assert dm.cache.builds == 5  # every case preprocessed once, and the test case's own label ...
     again = patch_module(blob_dataset, **options)
-    assert again.cache.builds == 0 and again.cache.hits == 4  # ... and read back by the next run
+    assert again.cache.builds == 0 and again.cache.hits == 5  # ... read back by the next run
 
 
 def test_patch_module_rejects_2d_and_bad_patches(blob_dataset):

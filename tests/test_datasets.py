@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import write_case
+from helpers import write_case, write_dicom
 from segbench.data import SegDataModule
 from segbench.data.datamodule import ratio_counts, resolve_split, window_hu
 from segbench.data.datasets import (
@@ -66,32 +66,6 @@ def nifti(path: Path, zyx: np.ndarray, spacing=SPACING, dtype=np.int16, affine=N
 
 
 # -- DICOM / PNG writers (CHAOS) --------------------------------------------------------------------------------
-def write_dicom(path: Path, stored: np.ndarray, position_z: float, instance: int, modality="CT",
-                intercept: float = -1024.0) -> None:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
-
-    sop = CTImageStorage if modality == "CT" else MRImageStorage
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.Modality = sop, meta.MediaStorageSOPInstanceUID, modality
-    ds.Rows, ds.Columns = stored.shape
-    ds.PixelSpacing = [SPACING[1], SPACING[2]]      # row spacing (sy), column spacing (sx)
-    ds.SliceThickness = SPACING[0]
-    ds.ImagePositionPatient = [-20.0, -15.0, position_z]
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.InstanceNumber = instance
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    if modality == "CT":
-        ds.RescaleSlope, ds.RescaleIntercept = 1, intercept
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-
-
 def write_chaos_case(case_dir: Path, image: np.ndarray, masks: np.ndarray, modality="CT", files_descend=True,
                      png_reversed=False, image_sub="DICOM_anon", mask_sub="Ground") -> None:
     """One CHAOS case. ``files_descend``: file i0000 is the highest slice (file order runs against the
@@ -101,7 +75,7 @@ def write_chaos_case(case_dir: Path, image: np.ndarray, masks: np.ndarray, modal
         k = z - 1 - i if files_descend else i   # position index of file i
         name = f"i{i:04d},0000b.dcm" if modality == "CT" else f"IMG-0002-{i + 1:05d}.dcm"
         stored = image[k] + 1024 if modality == "CT" else image[k]
-        write_dicom(case_dir / image_sub / name, stored, 100.0 + SPACING[0] * k, i + 1, modality)
+        write_dicom(case_dir / image_sub / name, stored, 100.0 + SPACING[0] * k, i + 1, modality, spacing=SPACING)
         m = masks[z - 1 - k] if png_reversed else masks[k]
         png = f"liver_GT_{i:03d}.png" if modality == "CT" else f"IMG-0002-{i + 1:05d}.png"
         (case_dir / mask_sub).mkdir(parents=True, exist_ok=True)
@@ -433,7 +407,9 @@ def test_preprocessing_is_cached_reused_and_rebuilt_when_half_written(ct1k_root,
     calls = counting(src)
     second = make_dm(src, cache, target_spacing=[None, 1.4, 1.8])
     second.setup()
-    assert calls == [] and second.cache.hits == 4
+    # 4 cases, and the resampled test case's label on its own grid (scored there: metrics.grid=original)
+    assert calls == [] and second.cache.hits == 5
+    assert second.test_volumes[0].original.label.shape == second.test_volumes[0].original.shape == (6, 40, 48)
     assert torch_equal(first.train_set.slices.images, second.train_set.slices.images)
     np.testing.assert_array_equal(first.test_volumes[0].label, second.test_volumes[0].label)
     # a half-written entry (truncated array, as after a kill or a full disk) is detected and rebuilt;

@@ -37,8 +37,9 @@ from .volume import CaseRef
 log = logging.getLogger("segbench.data")
 
 #: bump when preprocessing changes what it writes for the same inputs and parameters
-CACHE_VERSION = 3  # 2: cases in the canonical orientation (segbench.data.volume.to_canonical)
+CACHE_VERSION = 4  # 2: cases in the canonical orientation (segbench.data.volume.to_canonical)
                    # 3: whether the voxel spacing is known (Volume.spacing_known) is part of the meta
+                   # 4: the scan's own grid (shape, spacing, affine) is part of the meta (Volume.original)
 MARKER = "COMPLETE"
 STALE_TMP_S = 24 * 3600
 

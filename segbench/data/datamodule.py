@@ -30,7 +30,7 @@ from ..errors import ConfigError, DataError
 from .device import MARK, SlicePath, check_device_cache_gb, check_pipeline, resolve_pipeline
 from .loader import check_loader_options, check_num_workers, loader_options, training_device
 from .preprocess import check_target_spacing, resample_volume
-from .volume import CaseRef, Volume, to_canonical
+from .volume import CaseRef, Grid, Volume, to_canonical
 
 log = logging.getLogger("segbench.data")
 
@@ -143,7 +143,8 @@ class VolumeDataset(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         vol = self.volumes[i]
         return {"case_id": vol.case_id, "image": self.slices(i), "label": vol.label, "spacing": vol.spacing,
-                "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape}
+                "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape,
+                "original": vol.original}
 
 
 def with_loss_maps(sample: dict[str, Any], maps) -> dict[str, Any]:
@@ -352,7 +353,8 @@ class CaseDataModule(pl.LightningDataModule):
         if not self.test_volumes:
             if not self.splits["test"]:
                 raise DataError("data.split.test is empty; give it at least one case to evaluate")
-            self.test_volumes = [self._prepared(c) for c in self._progress(self.splits["test"], "test")]
+            self.test_volumes = [self._prepared(c, original_label=True)
+                                 for c in self._progress(self.splits["test"], "test")]
 
     def _load(self, case_id: str) -> Volume:
         """Read a case, check it (a label, finite intensities) and bring it to the canonical orientation."""
@@ -360,20 +362,20 @@ class CaseDataModule(pl.LightningDataModule):
         vol = self.source.load(ref)
         if vol.label is None:
             raise DataError(f"case {case_id} has no label file; training and testing need labels")
-        vol.image = self._finite(vol.image, case_id, ref)
+        vol.image = self._finite(vol.image, f"case {case_id} ({ref.image})")
         return to_canonical(vol)
 
-    def _finite(self, image: np.ndarray, case_id: str, ref: CaseRef) -> np.ndarray:
+    def _finite(self, image: np.ndarray, where: str) -> np.ndarray:
         """``image`` when every value is finite; else refused, or NaN/inf replaced by ``data.nonfinite_fill``."""
         bad = ~np.isfinite(image)
         count = int(bad.sum())
         if count == 0:
             return image
         if self.nonfinite_fill is None:
-            raise DataError(f"case {case_id} ({ref.image}) holds {count} non-finite image value(s) (NaN or inf) "
+            raise DataError(f"{where} holds {count} non-finite image value(s) (NaN or inf) "
                             f"of {image.size}; fix or drop the scan, or pass data.nonfinite_fill=<value> "
                             "(e.g. -1024 HU) to replace them")
-        log.warning("case %s: %d non-finite image value(s) replaced by data.nonfinite_fill=%g", case_id, count,
+        log.warning("%s: %d non-finite image value(s) replaced by data.nonfinite_fill=%g", where, count,
                     self.nonfinite_fill)
         return np.where(bad, np.float32(self.nonfinite_fill), image).astype(image.dtype, copy=False)
 
@@ -395,31 +397,79 @@ class CaseDataModule(pl.LightningDataModule):
     # -- the one preprocessing path (cached when data.cache_dir is set) -------------------------------------
     def _prepare(self, case_id: str) -> Volume:
         """Load, resample to ``target_spacing``, intensities to [0, 1]."""
-        vol = resample_volume(self._load(case_id), self.target_spacing)
-        return Volume(vol.case_id, unit_image(vol, self.window), vol.label, vol.spacing, vol.affine, True,
-                      vol.spacing_known)
+        return self._preprocess(self._load(case_id))
+
+    def _preprocess(self, vol: Volume) -> Volume:
+        """A loaded canonical case resampled to ``target_spacing`` with intensities in [0, 1]; ``original`` is
+        the scan's own grid when the resampling changed it."""
+        out = resample_volume(vol, self.target_spacing)
+        original = None if out is vol else Grid(vol.shape, vol.spacing, vol.affine)
+        return Volume(out.case_id, unit_image(out, self.window), out.label, out.spacing, out.affine, True,
+                      out.spacing_known, original)
+
+    def preprocess_scan(self, vol: Volume) -> Volume:
+        """A new scan (HU, in its file's orientation, no label needed) through this data module's preprocessing,
+        as a training case goes through it: the source's intensity normalisation (``source.normalize``),
+        finite intensities, the canonical orientation, then :meth:`_preprocess` (segbench-predict)."""
+        normalize = getattr(self.source, "normalize", None)
+        if normalize is not None:
+            vol = normalize(vol)
+        vol.image = self._finite(vol.image, f"scan {vol.case_id}")
+        return self._preprocess(to_canonical(vol))
+
+    def model_input(self, vol: Volume) -> torch.Tensor:  # pragma: no cover - abstract
+        """A preprocessed case as the network's input (2D: its slices at the model size; 3D: the whole case)."""
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What decides the grid and intensities a network sees (an ensemble's runs must agree on it)."""
+        return {"window": self.window, "target_spacing": self.target_spacing,
+                "intensities": getattr(self.source, "intensity_normalization", "HU window")}
 
     def _cache_params(self, **extra) -> dict[str, Any]:
         fill = {} if self.nonfinite_fill is None else {"nonfinite_fill": self.nonfinite_fill}
         return {"window": self.window, "target_spacing": self.target_spacing, **fill, **extra}
 
-    def _prepared(self, case_id: str) -> Volume:
-        """A whole preprocessed case, from the cache when possible."""
+    def _prepared(self, case_id: str, original_label: bool = False) -> Volume:
+        """A whole preprocessed case, from the cache when possible. ``original_label``: with its label on the scan's
+        own grid too (``Volume.original.label``) when preprocessing resampled it (a test case: scored there under
+        ``metrics.grid=original``); the case is read once for both."""
+        loaded: dict[str, Volume] = {}
+
+        def load() -> Volume:
+            if "case" not in loaded:
+                loaded["case"] = self._load(case_id)
+            return loaded["case"]
+
         def build():
-            vol = self._prepare(case_id)
+            vol = self._preprocess(load())
+            grid = vol.original
+            original = None if grid is None else {"shape": list(grid.shape), "spacing": list(grid.spacing),
+                                                  "affine": np.asarray(grid.affine).tolist()}
             return ({"image": vol.image, "label": vol.label},
                     {"spacing": list(vol.spacing), "affine": np.asarray(vol.affine).tolist(),
-                     "spacing_known": bool(vol.spacing_known)})
+                     "spacing_known": bool(vol.spacing_known), "original": original})
 
-        if self.cache is None:
-            arrays, meta = build()
-        else:
-            arrays, meta = self.cache.get_or_build(self._refs[case_id], "volume", self._cache_params(), build)
+        def build_label():
+            return {"label": load().label}, {}
+
+        arrays, meta = self._cached(case_id, "volume", build)
         self._checked.add(case_id)
+        grid = meta.get("original")
+        original = None if grid is None else Grid(tuple(grid["shape"]), tuple(grid["spacing"]),
+                                                  np.asarray(grid["affine"]))
+        if original is not None and original_label:
+            original.label = np.ascontiguousarray(self._cached(case_id, "label", build_label)[0]["label"], np.uint8)
         return Volume(case_id, np.ascontiguousarray(arrays["image"], np.float32),
                       np.ascontiguousarray(arrays["label"], np.uint8), tuple(meta["spacing"]),
                       np.asarray(meta["affine"]), normalized=True,
-                      spacing_known=bool(meta.get("spacing_known", True)))
+                      spacing_known=bool(meta.get("spacing_known", True)), original=original)
+
+    def _cached(self, case_id: str, kind: str, build, **params):
+        """``build()``'s ``(arrays, meta)``, through the preprocessing cache when there is one."""
+        if self.cache is None:
+            return build()
+        return self.cache.get_or_build(self._refs[case_id], kind, self._cache_params(**params), build)
 
     def _progress(self, case_ids: list[str], part: str):
         from tqdm.auto import tqdm
@@ -559,11 +609,7 @@ class SegDataModule(CaseDataModule):
             return ({"image": resize_slices(vol.image, self.img_size, is_label=False),
                      "label": resize_slices(vol.label, self.img_size, is_label=True)}, {"spacing": list(vol.spacing)})
 
-        if self.cache is None:
-            arrays, _ = build()
-        else:
-            params = self._cache_params(img_size=self.img_size)
-            arrays, _ = self.cache.get_or_build(self._refs[case_id], "slices", params, build)
+        arrays, _ = self._cached(case_id, "slices", build, img_size=self.img_size)
         self._checked.add(case_id)
         return arrays["image"], arrays["label"]
 
@@ -584,6 +630,13 @@ class SegDataModule(CaseDataModule):
 
     def _train_transform(self):
         return build_augmentation(self.augment, spatial_dims=2)
+
+    def model_input(self, vol: Volume) -> torch.Tensor:
+        """A preprocessed case's axial slices at the model size, ``(Z, 1, S, S)``."""
+        return torch.from_numpy(resize_slices(unit_image(vol, self.window), self.img_size, is_label=False))[:, None]
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {**super().preprocessing(), "spatial_dims": 2, "img_size": self.img_size}
 
     # -- loaders ---------------------------------------------------------------------------------------------
     def train_dataloader(self):

@@ -29,6 +29,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
@@ -36,7 +37,7 @@ from ..errors import ConfigError
 from .datamodule import CaseDataModule, UntrackedCompose, build_augmentation, first_item, label_ids_of, with_loss_maps
 from .device import PatchPath
 from .preprocess import check_target_shape, resize_volume
-from .volume import Volume
+from .volume import Grid, Volume
 
 
 def _plain(x) -> torch.Tensor:
@@ -133,7 +134,8 @@ class TestCases(Dataset):
         vol = self.volumes[i]
         image = self.images[i] if self.images is not None else torch.from_numpy(vol.image)[None, None]
         return {"case_id": vol.case_id, "image": image, "label": vol.label, "spacing": vol.spacing,
-                "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape}
+                "spacing_known": vol.spacing_known, "affine": vol.affine, "native_shape": vol.shape,
+                "original": vol.original}
 
 
 class PatchDataModule(CaseDataModule):
@@ -202,9 +204,21 @@ class PatchDataModule(CaseDataModule):
         self._overlays: FixedPatches | None = None
         self._val_arrays: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
 
-    def _prepare(self, case_id: str) -> Volume:
+    def _preprocess(self, vol: Volume) -> Volume:
         """The shared path (resample to ``target_spacing``, intensities to [0, 1]), then ``target_shape``."""
-        return resize_volume(super()._prepare(case_id), self.target_shape)
+        out = super()._preprocess(vol)
+        resized = resize_volume(out, self.target_shape)
+        if resized is not out:
+            resized.original = out.original or Grid(vol.shape, vol.spacing, vol.affine)
+        return resized
+
+    def model_input(self, vol: Volume) -> torch.Tensor:
+        """A preprocessed case as the network sees it, ``(1, 1, Z, Y, X)`` (sliding windows when larger than one)."""
+        return torch.from_numpy(np.ascontiguousarray(vol.image, np.float32))[None, None]
+
+    def preprocessing(self) -> dict[str, Any]:
+        shape = None if self.target_shape is None else list(self.target_shape)
+        return {**super().preprocessing(), "spatial_dims": 3, "target_shape": shape}
 
     def _cache_params(self, **extra) -> dict[str, Any]:
         if self.target_shape is None:  # the cache keys of existing 3D caches stay valid

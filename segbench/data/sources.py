@@ -60,6 +60,12 @@ class DataSource:
     def load(self, ref: CaseRef) -> Volume:  # pragma: no cover - abstract
         raise NotImplementedError(f"{type(self).__name__} must define load(ref)")
 
+    def normalize(self, vol: Volume) -> Volume:
+        """A new scan's intensities as :meth:`load` gives a case's (``segbench-predict`` reads scans itself):
+        unchanged by default, HU that the data module windows (``data.window``). A source whose ``load``
+        normalises intensities itself (MR percentiles: ``Volume.normalized``) does the same here."""
+        return vol
+
 
 class NiftiFolderSource(DataSource):
     """The raw BTCV layout: ``root/img/img0001.nii.gz`` + ``root/label/label0001.nii.gz``.

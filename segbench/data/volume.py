@@ -35,6 +35,17 @@ class CaseRef:
 
 
 @dataclass
+class Grid:
+    """A scan's own voxel grid in the canonical orientation: where its prediction is written and, with
+    ``metrics.grid=original``, where it is scored (``label``: its label map on that grid, when loaded)."""
+
+    shape: tuple[int, ...]
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    label: np.ndarray | None = None
+
+
+@dataclass
 class Volume:
     """One loaded case: HU image, integer label map, spacing and affine.
 
@@ -53,6 +64,8 @@ class Volume:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     normalized: bool = False
     spacing_known: bool = True
+    #: the scan's own grid, when preprocessing resampled the case (``data.target_spacing`` / ``target_shape``)
+    original: Grid | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

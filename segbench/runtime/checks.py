@@ -105,3 +105,18 @@ def eval_argv_error(argv: list[str]) -> str | None:
     if not sweep and "${" not in path and not Path(path).is_file():
         return f"checkpoint {path} not found; pass ckpt_path=<run>/checkpoints/last.ckpt"
     return None
+
+
+#: what segbench-predict needs on its command line
+PREDICT_USAGE = "segbench-predict run=<training run directory> input=<NIfTI file, folder or DICOM series> output=<dir>"
+
+
+def predict_argv_error(argv: list[str]) -> str | None:
+    """The one-line error for a segbench-predict command line without a run, an input or an output."""
+    if any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg") or a.startswith("--info") for a in argv):
+        return None
+    given = {a.split("=", 1)[0].lstrip("+"): a.split("=", 1)[1] for a in argv if "=" in a}
+    missing = [k for k in ("run", "input", "output") if given.get(k) in (None, "", "null", "???", "[]")]
+    if missing:
+        return f"{', '.join(missing)} not given: {PREDICT_USAGE}"
+    return None

@@ -279,8 +279,17 @@ class ChaosSource:
         reversed_files = len(dicoms) > 1 and np.array_equal(series.order, np.arange(len(dicoms))[::-1])
         log.debug("CHAOS %s case %s: DICOM file order %s the slice positions", self.modality, ref.case_id,
                   "runs against" if reversed_files else "follows")
-        image = series.image
-        normalized = self.modality == "MR"
-        if normalized:
-            image = normalize_percentile(image, *self.percentiles)
-        return Volume(ref.case_id, image.astype(np.float32), label, series.spacing, series.affine, normalized)
+        return self.normalize(Volume(ref.case_id, series.image.astype(np.float32), label, series.spacing,
+                                     series.affine))
+
+    @property
+    def intensity_normalization(self) -> str:
+        """How a scan's intensities reach [0, 1]: the HU window for CT, the case's percentiles for MR."""
+        return "HU window" if self.modality == "CT" else f"case percentiles {list(self.percentiles)}"
+
+    def normalize(self, vol: Volume) -> Volume:
+        """An MR scan clipped to its percentiles and scaled to [0, 1] (``normalized``); CT is left in HU."""
+        if self.modality == "MR":
+            vol.image = normalize_percentile(vol.image, *self.percentiles).astype(np.float32)
+            vol.normalized = True
+        return vol

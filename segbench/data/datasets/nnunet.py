@@ -142,6 +142,17 @@ class NnUNetSource:
         vol = load_nifti_case(ref, 256)
         check_label_values(vol.label, range(len(names)), ref.label,
                            f"the ids 0..{len(names) - 1} named in dataset.json")
+        return self.normalize(vol)
+
+    @property
+    def intensity_normalization(self) -> str:
+        """How a scan's intensities reach [0, 1]: the HU window for CT, the case's percentiles otherwise."""
+        if self.channel.strip().upper() == "CT":
+            return "HU window"
+        return f"case percentiles {list(self.percentiles)}"
+
+    def normalize(self, vol: Volume) -> Volume:
+        """A non-CT scan clipped to its percentiles and scaled to [0, 1] (``normalized``); CT is left in HU."""
         if self.channel.strip().upper() != "CT":
             vol.image = normalize_percentile(vol.image, *self.percentiles)
             vol.normalized = True
