@@ -4,7 +4,8 @@ The wheel is built the way a user or a cluster admin builds it (``pip wheel --no
 sdist (so the sdist must carry the configs too), and installed non-editable into a venv whose
 other packages (torch, Lightning, ...) come from this Python. ``segbench-train debug=smoke`` then
 runs in an empty directory outside the repository: its data and outputs must appear there, and the
-installed package must be left exactly as pip wrote it. Every documented public name imports from
+installed package must be left exactly as pip wrote it; so must ``segbench-score`` on two tiny cases
+written by the test. Every documented public name imports from
 the installed wheel, and every ``_target_`` its configs name resolves.
 
 "This Python" may itself be a venv (the README's test command run in one): the new venv is made
@@ -14,6 +15,7 @@ venv's) and a ``.pth`` file lists the site directories this Python imports from,
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 import os
@@ -191,6 +193,47 @@ def test_wheel_carries_the_configs_and_runs_from_an_empty_directory(installed, t
     assert [p.name for p in (summary_path.parent.parent / "predictions").iterdir()] == ["0003.nii.gz"]
     assert package_files(package) == before, "segbench-train wrote into the installed package"
     assert not (package.parent / "outputs").exists() and not (package.parent / "data").exists()
+
+
+@pytest.mark.slow  # shares the wheel and venv of the test above
+def test_the_installed_wheel_scores_a_folder_from_an_empty_directory(installed, tmp_path):
+    """``segbench-score`` of the wheel, started in an empty directory, on two tiny cases written here."""
+    import nibabel as nib
+    import numpy as np
+
+    wheel, python = installed
+    venv = python.parent.parent
+    # the ground truth is a 6 x 4 x 2 box (48 voxels), the prediction its last 4 x 4 x 2 (32 voxels, all
+    # inside it): DSC = 2 * 32 / (48 + 32) = 0.8
+    gt = np.zeros((12, 10, 4), np.uint8)
+    gt[2:8, 2:6, 1:3] = 1
+    pred = np.zeros_like(gt)
+    pred[4:8, 2:6, 1:3] = 1
+    affine = np.diag([-0.8, -0.8, 3.0, 1.0])
+    files = tmp_path / "files"
+    for case in ("0001", "0002"):
+        for folder, name, array in (("gt/label", f"label{case}", gt), ("pred", case, pred)):
+            (files / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array, affine), str(files / folder / f"{name}.nii.gz"))
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = clean_env()
+    package = Path(run([str(python), "-c", "import segbench; print(segbench.__file__)"], work,
+                       env).stdout.strip()).parent
+    assert package.is_relative_to(venv)
+    before = package_files(package)
+
+    proc = run([str(venv / "bin" / "segbench-score"), str(files / "pred"), str(files / "gt"), "--class-names",
+                "background,organ"], work, env)
+
+    results = work / "outputs" / "score" / "pred" / "results"  # ./outputs/score/<PRED_DIR's name>
+    assert proc.stdout.strip().endswith(f"results: {results}")
+    with open(results / "per_case.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["convention"] == "default"]
+    assert [(r["case"], r["organ"], float(r["dsc"])) for r in rows] == [("0001", "organ", 0.8), ("0002", "organ", 0.8)]
+    assert json.loads((results / "summary.json").read_text())["mean_dsc"] == pytest.approx(0.8)
+    assert sorted(p.name for p in work.iterdir()) == ["outputs"]
+    assert package_files(package) == before, "segbench-score wrote into the installed package"
 
 
 #: run by the venv's Python in an empty directory: imports the public names, resolves the targets

@@ -76,6 +76,13 @@ def test_predictions_are_written_by_default_with_the_inputs_affine(oblique_datas
         assert int(rows[label]["pred_voxels"]) == int((pred == label).sum())
         # every case holds both organs, so the DSC is defined (0 when the organ is not predicted)
         assert float(rows[label]["dsc"]) == pytest.approx(dice(pred, gt, label), abs=1e-6)
+    # segbench-score of the written prediction against the label file (oblique, anisotropic) gives the
+    # run's per_case.csv, row for row
+    scored = cli("segbench.score", str(run_dir / "predictions"), str(oblique_dataset), "--run", str(run_dir),
+                 "--output", str(tmp_path / "scored"))
+    assert scored.returncode == 0, scored.stderr
+    assert (tmp_path / "scored" / "results" / "per_case.csv").read_text() == (
+        run_dir / "results" / "per_case.csv").read_text()
 
 
 @pytest.mark.slow  # a second training run

@@ -130,9 +130,15 @@ def _read_nifti(path: Path):
     return img, data
 
 
+#: the fix :func:`apply_label_map` names for ids beyond the classes (a run's data config)
+LABEL_MAP_FIX = ("map the dataset's ids to classes with data.source.label_map={raw_id: class_id} "
+                 "(data=nifti_folder), or fix data.num_classes")
+
+
 def apply_label_map(label: np.ndarray, label_map: dict[int, int] | None, source: Path | str,
-                    num_classes: int) -> np.ndarray:
-    """Map raw label ids to class ids (unmapped ids -> 0) and check the range."""
+                    num_classes: int, fix: str = LABEL_MAP_FIX) -> np.ndarray:
+    """Map raw label ids to class ids (unmapped ids -> 0) and check the range (``fix``: what the error
+    says to do about ids beyond the classes)."""
     ids = np.unique(label)
     if label_map is not None:
         lut = np.zeros(int(max(ids.max(), max(label_map))) + 1, dtype=np.uint8)
@@ -144,9 +150,7 @@ def apply_label_map(label: np.ndarray, label_map: dict[int, int] | None, source:
         ids = np.unique(label)
     bad = ids[(ids < 0) | (ids >= num_classes)]
     if bad.size:
-        raise DataError(f"{source} holds label id(s) {bad.tolist()} outside 0..{num_classes - 1}; "
-                        "map the dataset's ids to classes with data.source.label_map={raw_id: class_id} "
-                        "(data=nifti_folder), or fix data.num_classes")
+        raise DataError(f"{source} holds label id(s) {bad.tolist()} outside 0..{num_classes - 1}; {fix}")
     return label.astype(np.uint8)
 
 

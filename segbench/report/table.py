@@ -234,16 +234,22 @@ def build_table(runs: Sequence[Run], group_by: Sequence[str], organs: Sequence[s
     # each failed job of the group one more row
     row_groups: dict[tuple, list[Run]] = {}
     group_values: dict[tuple, list[Any]] = {}
+    scored_labels: dict[tuple, str] = {}
     for run in runs:
         values = [get_key(run, k) for k in group_by]
         ident = tuple(hashable(v) if not is_missing(v) else "<missing>" for v in values)
+        scored = get_key(run, "score.name", None)
+        if scored is not None and all(is_missing(v) for v in values):
+            # a folder scored by segbench-score (no loss, no training config): a row of its own, by its --name
+            ident = ("<segbench-score>", str(scored))
+            scored_labels[ident] = str(scored)
         row_groups.setdefault(ident, []).append(run)
         group_values.setdefault(ident, values)
     mean_organs = list(organs) if mean_over == "shown" else None
     rows: list[Row] = []
     for ident, members in row_groups.items():
         values = group_values[ident]
-        label = group_label(group_by, values)
+        label = scored_labels.get(ident) or group_label(group_by, values)
         group = {k: (None if is_missing(v) else v) for k, v in zip(group_by, values)}
         ok = [r for r in members if not r.failed]
         if ok:
