@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
 from .device import MARK, SlicePath, check_device_cache_gb, check_pipeline, resolve_pipeline
+from .folds import FOLD_KEYS, check_fold_options, cross_validation_split
 from .loader import check_loader_options, check_num_workers, loader_options, training_device
 from .preprocess import check_target_spacing, resample_volume
 from .volume import CaseRef, Volume, to_canonical
@@ -222,7 +223,7 @@ def _match_id(case_id: Any, known: set[str]) -> str:
     return text
 
 
-def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[str]]:
+def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, Any]:
     """Turn a split spec into id lists.
 
     ``{train: 12, val: 2, test: 6}`` are counts taken in order, or lists of case ids. ``ratios:
@@ -230,8 +231,16 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
     ratios are applied and ``subset: N`` then keeps the first N shuffled cases (AbdomenCT-1K's
     100-case subset). Explicit train/val/test entries win over ``ratios`` (so overlays such as
     ``debug=smoke`` can shrink any split).
+
+    ``folds: K`` and ``fold: k`` (k-fold cross-validation, :mod:`segbench.data.folds`): the train + val
+    cases above are split into K folds by nnU-Net's convention, fold k becomes ``val`` and the others
+    ``train``; ``test`` stays. The result then also records ``folds`` (each fold's validation cases),
+    ``fold`` and ``fold_seed``.
     """
     split = dict(split)
+    cv = check_fold_options(split)
+    for key in FOLD_KEYS:
+        split.pop(key, None)
     ratios, subset, seed = split.pop("ratios", None), split.pop("subset", None), split.pop("seed", None)
     known = set(case_ids)
     case_ids = _seeded_order(case_ids, seed, subset)
@@ -272,7 +281,7 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
         if both:  # a test case seen in training or model selection, or validation on training cases
             raise DataError(f"data.split: case(s) {both} are in both {first} and {second}; each case belongs to "
                             "one split only")
-    return out
+    return out if cv is None else cross_validation_split(out, cv)
 
 
 class CaseDataModule(pl.LightningDataModule):
@@ -316,6 +325,7 @@ class CaseDataModule(pl.LightningDataModule):
         if len(window) != 2 or not float(window[0]) < float(window[1]):
             raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
         self.split_spec = dict(split)
+        check_fold_options(self.split_spec)  # data.split.folds / fold: refused here, before any case is read
         self.window = [float(window[0]), float(window[1])]
         self.name = name
         self.target_spacing = check_target_spacing(target_spacing)
@@ -330,7 +340,8 @@ class CaseDataModule(pl.LightningDataModule):
             else:  # a read-only or full disk: the run works without the cache, only slower
                 log.warning("data.cache_dir %s is not writable (%s); running without the preprocessing cache "
                             "(set data.cache_dir=<a writable folder>, or null)", cache_dir, problem)
-        self.splits: dict[str, list[str]] = {}
+        # train / val / test case ids (and, under k-fold cross-validation, folds / fold / fold_seed)
+        self.splits: dict[str, Any] = {}
         self._refs: dict[str, CaseRef] = {}
         self.train_set = self.val_set = None
         self.test_volumes: list[Volume] = []
