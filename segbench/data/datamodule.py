@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,11 +360,33 @@ class CaseDataModule(pl.LightningDataModule):
             self._refs = {r.case_id: r for r in refs}
             self.splits = resolve_split([r.case_id for r in refs], self.split_spec)
 
+    #: the split whose cases the test machinery (test_volumes, test_dataloader) scores: test, or val for the
+    #: cross-validation pass of a fold (:meth:`scoring`)
+    scored_split = "test"
+
+    @contextmanager
+    def scoring(self, part: str):
+        """While in this block, ``trainer.test`` scores the cases of split ``part`` (e.g. ``val``: a fold's
+        validation cases, scored whole like the test cases) instead of the test split's."""
+        saved = self.scored_split, self.test_volumes
+        self.scored_split, self.test_volumes = part, []
+        try:
+            yield self
+        finally:
+            self.scored_split, self.test_volumes = saved
+
+    @property
+    def scored_cache_part(self) -> str:
+        """The device cache's name for the scored cases: ``test``, else ``scored <split>`` (the name ``val`` is
+        taken by the validation set of training, model-size slices or patches)."""
+        return "test" if self.scored_split == "test" else f"scored {self.scored_split}"
+
     def _load_test_volumes(self) -> None:
         if not self.test_volumes:
-            if not self.splits["test"]:
-                raise DataError("data.split.test is empty; give it at least one case to evaluate")
-            self.test_volumes = [self._prepared(c) for c in self._progress(self.splits["test"], "test")]
+            part = self.scored_split
+            if not self.splits[part]:
+                raise DataError(f"data.split.{part} is empty; give it at least one case to evaluate")
+            self.test_volumes = [self._prepared(c) for c in self._progress(self.splits[part], part)]
 
     def _load(self, case_id: str) -> Volume:
         """Read a case, check it (a label, finite intensities) and bring it to the canonical orientation."""
@@ -623,7 +646,7 @@ class SegDataModule(CaseDataModule):
     def test_dataloader(self) -> DataLoader:
         slices = self.test_slices
         if self.pipeline_in_use() == "device":  # every case resized now: the cache needs their size
-            held = self.device_path().cache.place("test", "test cases' slices",
+            held = self.device_path().cache.place(self.scored_cache_part, f"{self.scored_split} cases' slices",
                                                   {"image": [slices(i) for i in range(len(self.test_volumes))]})
             slices = held["image"].__getitem__
         return DataLoader(VolumeDataset(self.test_volumes, slices), batch_size=1, collate_fn=first_item,
