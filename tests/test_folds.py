@@ -4,21 +4,29 @@ Sections:
   1. the split: nnU-Net's folds (scikit-learn's KFold, shuffled, over the sorted ids), the test split fixed
   2. bad fold options: one line each, before training
   3. what a run records: splits.json, a resumed run of before the options existed
+  4. segbench-table --cv on hand-made fold runs (pooling, completeness, seeds)
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+import re
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import yaml
 
 from helpers import cli
 from segbench.data.datamodule import SegDataModule, resolve_split
 from segbench.data.folds import NNUNET_SEED, kfold_case_ids, kfold_indices
 from segbench.data.sources import NiftiFolderSource
 from segbench.errors import ConfigError, DataError
+from segbench.report import table as table_cli
 
 IDS = [f"{i:04d}" for i in range(1, 21)]
 PHANTOM_SPLIT = {"train": 14, "val": 2, "test": 4}
@@ -188,3 +196,195 @@ def test_a_run_written_before_the_fold_options_existed_is_the_same_config(tmp_pa
     now["data"]["split"].update(folds=5, fold=0)
     with pytest.raises(ConfigError, match=r"another config \(data\.split\.folds: None -> 5; data\.split\.fold"):
         _check_same_config(tmp_path, OmegaConf.create(now), "an unfinished run")
+
+
+# ============================================================================ 4. segbench-table --cv
+ORGANS = ["liver", "pancreas"]
+POOL = [f"{i:04d}" for i in range(1, 12)]   # 11 cases: 5 folds of 3, 2, 2, 2, 2
+TEST = ["0012", "0013"]
+
+
+def dsc_of(case: str, organ: str, seed: int) -> float:
+    """Known numbers: every case, organ and seed its own DSC (pancreas absent from both masks in case 0005)."""
+    if case == "0005" and organ == "pancreas":
+        return float("nan")
+    return 0.5 + 0.03 * int(case) + (0.1 if organ == "liver" else -0.05) + 0.01 * seed
+
+
+def write_rows(path: Path, cases: list[str], seed: int, conventions=("default", "transunet")) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["case", "organ", "label", "dsc", "hd95", "hd", "assd", "nsd", "gt_voxels", "pred_voxels",
+                         "status", "convention", "hd_unit"])
+        for case in cases:
+            for convention in conventions:
+                for label, organ in enumerate(ORGANS, start=1):
+                    dsc = dsc_of(case, organ, seed)
+                    hd95 = 100 * (1 - dsc) * (3 if convention == "transunet" else 1)
+                    status = "both_empty" if math.isnan(dsc) else "ok"
+                    writer.writerow([case, organ, label, f"{dsc:.6g}", f"{hd95:.6g}", f"{hd95:.6g}", f"{hd95:.6g}",
+                                     f"{dsc:.6g}", 10, 10, status, convention,
+                                     "voxels" if convention == "transunet" else "mm"])
+
+
+def summary_of(path: Path, config: dict, splits: dict, cases: list[str], seed: int) -> dict:
+    by_convention = {}
+    for convention, unit, scale in (("default", "mm", 1), ("transunet", "voxels", 3)):
+        per_class = {}
+        for organ in ORGANS:
+            values = [dsc_of(c, organ, seed) for c in cases]
+            values = [v for v in values if not math.isnan(v)]
+            per_class[organ] = {"dsc": float(np.mean(values)), "hd95": float(np.mean([100 * (1 - v) * scale
+                                                                                       for v in values]))}
+        by_convention[convention] = {"convention": convention, "convention_description": f"{convention}: fixture",
+                                     "hd_unit": unit, "per_class": per_class,
+                                     "mean_dsc": float(np.mean([p["dsc"] for p in per_class.values()])),
+                                     "mean_hd95": float(np.mean([p["hd95"] for p in per_class.values()]))}
+    summary = {**by_convention["default"], "conventions": ["default", "transunet"], "by_convention": by_convention,
+               "num_cases": len(cases), "config": config, "splits": splits, "run": {}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary))
+    return summary
+
+
+def write_fold_run(run_dir: Path, fold: int, seed: int = 1, loss: str = "ce_dice", folds: int = 5,
+                   error: str | None = None) -> Path:
+    """A fold run as segbench writes it: results/ (its test split) and results/cv/ (its validation fold)."""
+    fold_lists = kfold_case_ids(POOL, folds, 12345)
+    split_cfg = {"train": 9, "val": 2, "test": 2, "folds": folds, "fold": fold, "fold_seed": 12345}
+    config = {"seed": seed, "loss": {"name": loss}, "metrics": {"convention": "default"},
+              "data": {"name": "synthetic", "root": str(run_dir), "split": split_cfg}}
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text(yaml.safe_dump(config))
+    (run_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"data.split.fold={fold}", f"seed={seed}"]))
+    if error is not None:
+        (run_dir / "results").mkdir()
+        (run_dir / "results" / "error.json").write_text(json.dumps({"error": error, "type": "ValueError"}))
+        return run_dir
+    val = fold_lists[fold]
+    splits = {"train": sorted(set(POOL) - set(val)), "val": val, "test": TEST, "folds": fold_lists, "fold": fold,
+              "fold_seed": 12345}
+    write_rows(run_dir / "results" / "per_case.csv", TEST, seed)
+    summary_of(run_dir / "results" / "summary.json", config, splits, TEST, seed)
+    write_rows(run_dir / "results" / "cv" / "per_case.csv", val, seed)
+    summary_of(run_dir / "results" / "cv" / "summary.json", config, splits, val, seed)
+    return run_dir
+
+
+def pooled_numbers(seed: int) -> list[float]:
+    """mean DSC, mean HD95 and the per-organ DSC of the pooled validation cases (means over cases per organ,
+    the excluded case left out, then over organs), computed from the known numbers."""
+    per_organ = {o: [dsc_of(c, o, seed) for c in POOL] for o in ORGANS}
+    dsc = {o: np.nanmean(v) for o, v in per_organ.items()}
+    hd95 = {o: np.nanmean([100 * (1 - x) for x in v]) for o, v in per_organ.items()}
+    return [np.mean(list(dsc.values())), np.mean(list(hd95.values())), *dsc.values()]
+
+
+def md_rows(markdown: str) -> list[list[str]]:
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("| ")]
+    return [[c.strip().replace("**", "") for c in ln.strip().strip("|").split(" | ")] for ln in lines]
+
+
+def table(capsys, *argv) -> tuple[str, str]:
+    assert table_cli.main([str(a) for a in argv]) == 0
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def test_the_cv_table_pools_the_folds_into_one_row(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for fold in range(5):
+        write_fold_run(sweep / str(fold), fold)
+    out, err = table(capsys, sweep, "--cv", "--decimals", "4", "--out", tmp_path / "report")
+    rows = md_rows(out)
+    assert rows[0] == ["Method", "n", "DSC", "HD95 (mm)", "liver", "pancreas"]
+    expected = [f"{v:.4f}" for v in pooled_numbers(1)]
+    assert rows[1:] == [["ce_dice", "1", *expected]]                   # one row, every pool case once
+    assert "5-fold CV, 11 cases" in out and "the test split is not in these numbers" in out
+    frame = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert len(frame) == 1 and frame.loc[0, "cv"] == "5-fold CV, 11 cases" and frame.loc[0, "n_runs"] == 1
+    assert frame.loc[0, "runs"].split(";") == [str(sweep / str(f)) for f in range(5)]
+    assert frame.loc[0, "mean_dsc"] == pytest.approx(pooled_numbers(1)[0], abs=1e-6)
+    latex = (tmp_path / "report" / "table.tex").read_text()
+    assert "5-fold CV, 11 cases" in latex and "ce\\_dice & 1 &" in latex
+    # the other convention, as for any table: HD95 in voxels, 3x
+    out, _ = table(capsys, sweep, "--cv", "--decimals", "4", "--convention", "transunet", "--out", tmp_path / "r2")
+    assert md_rows(out)[1][3] == f"{3 * pooled_numbers(1)[1]:.4f}"
+    # without --cv the same runs are 5 runs of one row, scored on the test split
+    out, _ = table(capsys, sweep, "--decimals", "4", "--out", tmp_path / "r3")
+    assert md_rows(out)[1][1] == "5" and "fold CV" not in out
+
+
+def test_seeds_of_a_cv_are_pooled_separately_and_averaged_as_runs(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    job = 0
+    for seed in (1, 2):
+        for fold in range(5):
+            write_fold_run(sweep / str(job), fold, seed=seed)
+            job += 1
+    out, _ = table(capsys, sweep, "--cv", "--decimals", "4", "--out", tmp_path / "report")
+    rows = md_rows(out)
+    cells = [f"{np.mean(v):.4f} ± {np.std(v, ddof=1):.4f}" for v in zip(pooled_numbers(1), pooled_numbers(2))]
+    assert rows[1:] == [["ce_dice", "2", *cells]]
+    assert "over the 2 pooled cross-validations (seeds) of each row" in out
+
+
+def test_a_missing_fold_makes_a_failed_row_that_names_it(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for fold in (0, 1, 2, 4):
+        write_fold_run(sweep / str(fold), fold)
+    write_fold_run(sweep / "3", 3, error="training loss is not finite at step 1")
+    out, err = table(capsys, sweep, "--cv", "--out", tmp_path / "report")
+    failed = [r for r in md_rows(out)[1:] if r[2].startswith("failed:")]
+    assert len(failed) == 2 and not [r for r in md_rows(out)[1:] if not r[2].startswith("failed:")]
+    assert any("training loss is not finite" in r[2] for r in failed)          # the fold's own failure
+    assert any("incomplete 5-fold cross-validation: fold(s) 3 missing" in r[2] for r in failed)
+    assert "warning: incomplete 5-fold cross-validation: fold(s) 3 missing (no finished run; folds 0, 1, 2, 4" in err
+
+
+def test_cv_refusals_are_one_line(tmp_path, capsys):
+    def refused(*argv) -> str:
+        with pytest.raises(SystemExit) as info:
+            table_cli.main([str(a) for a in argv])
+        assert info.value.code == 2
+        line = capsys.readouterr().err.strip()
+        assert "\n" not in line
+        return line
+
+    plain = tmp_path / "plain"
+    write_fold_run(plain / "0", 0)
+    cfg = yaml.safe_load((plain / "0" / ".hydra" / "config.yaml").read_text())
+    summary = json.loads((plain / "0" / "results" / "summary.json").read_text())
+    for run in (cfg, summary["config"]):
+        run["data"]["split"].update(folds=None, fold=None)
+    (plain / "0" / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (plain / "0" / "results" / "summary.json").write_text(json.dumps(summary))
+    assert re.search(r"--cv: none of the runs is a fold of a cross-validation \(data\.split\.folds is not set\)",
+                     refused(plain, "--cv", "--out", tmp_path / "r"))
+    # the same fold twice (two sweeps given)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for fold in range(5):
+        write_fold_run(a / str(fold), fold)
+    write_fold_run(b / "0", 0)
+    assert "fold 0 of one cross-validation has 2 finished runs" in refused(a, b, "--cv", "--out", tmp_path / "r")
+    # a fold run without its validation scores (results/cv)
+    for path in (a / "2" / "results" / "cv").iterdir():
+        path.unlink()
+    assert "is fold 2 of a 5-fold cross-validation but has no results/cv/summary.json" in refused(
+        a, "--cv", "--out", tmp_path / "r")
+
+
+def test_runs_that_are_not_folds_are_left_out_with_a_warning(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    for fold in range(5):
+        write_fold_run(sweep / str(fold), fold)
+    other = write_fold_run(tmp_path / "other" / "0", 0, loss="dice")
+    cfg = yaml.safe_load((other / ".hydra" / "config.yaml").read_text())
+    cfg["data"]["split"].update(folds=None, fold=None)
+    summary = json.loads((other / "results" / "summary.json").read_text())
+    summary["config"] = cfg
+    (other / "results" / "summary.json").write_text(json.dumps(summary))
+    out, err = table(capsys, sweep, tmp_path / "other", "--cv", "--out", tmp_path / "report")
+    assert [r[0] for r in md_rows(out)[1:]] == ["ce_dice"]
+    assert "--cv: 1 run(s) without data.split.folds left out" in err
