@@ -330,6 +330,21 @@ def test_seeds_of_a_cv_are_pooled_separately_and_averaged_as_runs(tmp_path, caps
     assert "over the 2 pooled cross-validations (seeds) of each row" in out
 
 
+def test_pooled_rows_are_compared_over_the_pooled_cases(tmp_path, capsys):
+    """--baseline pairs the pooled cases of two cross-validations (one per loss), as it pairs test cases."""
+    sweep = tmp_path / "sweep"
+    job = 0
+    for loss in ("ce_dice", "dice"):
+        for fold in range(5):
+            write_fold_run(sweep / str(job), fold, loss=loss, seed=1 if loss == "ce_dice" else 2)
+            job += 1
+    table(capsys, sweep, "--cv", "--baseline", "ce_dice", "--out", tmp_path / "report")
+    frame = pd.read_csv(tmp_path / "report" / "table.csv").set_index("label")
+    assert list(frame.index) == ["ce_dice", "dice"]
+    assert frame.loc["dice", "n_pairs"] == len(POOL)          # every pooled case paired once
+    assert frame.loc["dice", "p_value"] < 0.01                # the seed offset shifts every case the same way
+
+
 def test_a_missing_fold_makes_a_failed_row_that_names_it(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     for fold in (0, 1, 2, 4):
