@@ -5,6 +5,8 @@ Sections:
   2. bad fold options: one line each, before training
   3. what a run records: splits.json, a resumed run of before the options existed
   4. segbench-table --cv on hand-made fold runs (pooling, completeness, seeds)
+  5. acceptance (slow): a 5-fold sweep on the phantom, every labelled non-test case validated exactly once,
+     and the pooled table
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import cli
+from helpers import cli, console
 from segbench.data.datamodule import SegDataModule, resolve_split
 from segbench.data.folds import NNUNET_SEED, kfold_case_ids, kfold_indices
 from segbench.data.sources import NiftiFolderSource
@@ -403,3 +407,59 @@ def test_runs_that_are_not_folds_are_left_out_with_a_warning(tmp_path, capsys):
     out, err = table(capsys, sweep, tmp_path / "other", "--cv", "--out", tmp_path / "report")
     assert [r[0] for r in md_rows(out)[1:]] == ["ce_dice"]
     assert "--cv: 1 run(s) without data.split.folds left out" in err
+
+
+# ============================================================================ 5. acceptance
+@pytest.mark.slow  # a 5-job sweep (about 30 s on 2 shared cores, the 7-case phantom generated)
+def test_a_5_fold_sweep_on_the_phantom_validates_every_case_once_and_pools(phantom_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "SEGBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
+    start = time.monotonic()
+    proc = console("train", "-m", "debug=smoke", "data.phantom.num_cases=7", "data.split.train=5",
+                   "data.split.val=1", "data.split.test=1", "data.split.folds=5", "data.split.fold=0,1,2,3,4",
+                   "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "num_threads=1",
+                   f"hydra.sweep.dir={sweep}", f"paths.data_dir={phantom_dir}", env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(re.findall(r"cross-validation, fold \d of 5: mean DSC .* over its \d validation case\(s\)",
+                          proc.stdout)) == 5
+    jobs = [sweep / str(j) for j in range(5)]
+    splits = [json.loads((job / "splits.json").read_text()) for job in jobs]
+    ids = sorted({c for s in splits[0]["folds"] for c in s} | set(splits[0]["test"]))
+    assert len(ids) == 7
+    plain = resolve_split(ids, {"train": 5, "val": 1, "test": 1})
+    pool = plain["train"] + plain["val"]
+    seen = Counter()
+    for fold, (job, split) in enumerate(zip(jobs, splits)):
+        assert split["fold"] == fold and split["fold_seed"] == 12345
+        assert split["folds"] == splits[0]["folds"] == kfold_case_ids(pool, 5, 12345)
+        assert split["test"] == plain["test"]                           # the test split of the run without folds
+        assert split["val"] == split["folds"][fold]
+        frame = pd.read_csv(job / "results" / "cv" / "per_case.csv", dtype={"case": str})
+        assert set(frame["convention"]) == {"default", "transunet"}     # scored as the test split is
+        cases = sorted(set(frame["case"]))
+        assert cases == sorted(split["val"])
+        seen.update(cases)
+        cv_summary = json.loads((job / "results" / "cv" / "summary.json").read_text())
+        assert cv_summary["cv"]["fold"] == fold and cv_summary["num_cases"] == len(cases)
+        assert sorted(p.name for p in (job / "predictions_cv").iterdir()) == [f"{c}.nii.gz" for c in cases]
+        summary = json.loads((job / "results" / "summary.json").read_text())
+        assert summary["cv"]["results"] == "results/cv" and summary["splits"]["folds"] == split["folds"]
+        assert sorted(set(pd.read_csv(job / "results" / "per_case.csv", dtype={"case": str})["case"])) == \
+            plain["test"]
+    # every labelled non-test case validated exactly once
+    assert seen == Counter(set(ids) - set(plain["test"]))
+    sweep_s = time.monotonic() - start
+
+    proc = console("table", str(sweep), "--cv", "--decimals", "4", "--out", str(tmp_path / "report"), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "5-fold CV, 6 cases" in proc.stdout
+    rows = md_rows(proc.stdout)
+    assert len(rows) == 2 and rows[1][:2] == ["ce_dice", "1"]
+    pooled = pd.concat([pd.read_csv(job / "results" / "cv" / "per_case.csv", dtype={"case": str}) for job in jobs])
+    pooled = pooled[pooled["convention"] == "default"]
+    per_organ = pooled.groupby("organ", sort=False)[["dsc", "hd95"]].mean()
+    assert rows[1][2].split(" ")[0] == f"{per_organ['dsc'].mean():.4f}"
+    frame = pd.read_csv(tmp_path / "report" / "table.csv")
+    assert len(frame) == 1 and frame.loc[0, "cv"] == "5-fold CV, 6 cases"
+    assert frame.loc[0, "mean_dsc"] == pytest.approx(per_organ["dsc"].mean(), abs=1e-6)
+    print(f"\n5-fold sweep {sweep_s:.1f} s, with the table {time.monotonic() - start:.1f} s")
