@@ -410,7 +410,7 @@ def test_runs_that_are_not_folds_are_left_out_with_a_warning(tmp_path, capsys):
 
 
 # ============================================================================ 5. acceptance
-@pytest.mark.slow  # a 5-job sweep (about 30 s on 2 shared cores, the 7-case phantom generated)
+@pytest.mark.slow  # a 5-job sweep (15-30 s on 2 shared cores, generating the 7-case phantom included)
 def test_a_5_fold_sweep_on_the_phantom_validates_every_case_once_and_pools(phantom_dir, tmp_path):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "SEGBENCH_OUTPUT_DIR": str(tmp_path / "outputs")}
