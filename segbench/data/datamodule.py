@@ -14,6 +14,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError, DataError
 from .device import MARK, SlicePath, check_device_cache_gb, check_pipeline, resolve_pipeline
+from .folds import FOLD_KEYS, check_fold_options, cross_validation_split
 from .loader import check_loader_options, check_num_workers, loader_options, training_device
 from .preprocess import check_target_spacing, resample_volume
 from .volume import CaseRef, Grid, Volume, to_canonical
@@ -223,7 +225,7 @@ def _match_id(case_id: Any, known: set[str]) -> str:
     return text
 
 
-def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[str]]:
+def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, Any]:
     """Turn a split spec into id lists.
 
     ``{train: 12, val: 2, test: 6}`` are counts taken in order, or lists of case ids. ``ratios:
@@ -231,8 +233,16 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
     ratios are applied and ``subset: N`` then keeps the first N shuffled cases (AbdomenCT-1K's
     100-case subset). Explicit train/val/test entries win over ``ratios`` (so overlays such as
     ``debug=smoke`` can shrink any split).
+
+    ``folds: K`` and ``fold: k`` (k-fold cross-validation, :mod:`segbench.data.folds`): the train + val
+    cases above are split into K folds by nnU-Net's convention, fold k becomes ``val`` and the others
+    ``train``; ``test`` stays. The result then also records ``folds`` (each fold's validation cases),
+    ``fold`` and ``fold_seed``.
     """
     split = dict(split)
+    cv = check_fold_options(split)
+    for key in FOLD_KEYS:
+        split.pop(key, None)
     ratios, subset, seed = split.pop("ratios", None), split.pop("subset", None), split.pop("seed", None)
     known = set(case_ids)
     case_ids = _seeded_order(case_ids, seed, subset)
@@ -273,7 +283,7 @@ def resolve_split(case_ids: list[str], split: dict[str, Any]) -> dict[str, list[
         if both:  # a test case seen in training or model selection, or validation on training cases
             raise DataError(f"data.split: case(s) {both} are in both {first} and {second}; each case belongs to "
                             "one split only")
-    return out
+    return out if cv is None else cross_validation_split(out, cv)
 
 
 class CaseDataModule(pl.LightningDataModule):
@@ -317,6 +327,7 @@ class CaseDataModule(pl.LightningDataModule):
         if len(window) != 2 or not float(window[0]) < float(window[1]):
             raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
         self.split_spec = dict(split)
+        check_fold_options(self.split_spec)  # data.split.folds / fold: refused here, before any case is read
         self.window = [float(window[0]), float(window[1])]
         self.name = name
         self.target_spacing = check_target_spacing(target_spacing)
@@ -331,7 +342,8 @@ class CaseDataModule(pl.LightningDataModule):
             else:  # a read-only or full disk: the run works without the cache, only slower
                 log.warning("data.cache_dir %s is not writable (%s); running without the preprocessing cache "
                             "(set data.cache_dir=<a writable folder>, or null)", cache_dir, problem)
-        self.splits: dict[str, list[str]] = {}
+        # train / val / test case ids (and, under k-fold cross-validation, folds / fold / fold_seed)
+        self.splits: dict[str, Any] = {}
         self._refs: dict[str, CaseRef] = {}
         self.train_set = self.val_set = None
         self.test_volumes: list[Volume] = []
@@ -349,12 +361,34 @@ class CaseDataModule(pl.LightningDataModule):
             self._refs = {r.case_id: r for r in refs}
             self.splits = resolve_split([r.case_id for r in refs], self.split_spec)
 
+    #: the split whose cases the test machinery (test_volumes, test_dataloader) scores: test, or val for the
+    #: cross-validation pass of a fold (:meth:`scoring`)
+    scored_split = "test"
+
+    @contextmanager
+    def scoring(self, part: str):
+        """While in this block, ``trainer.test`` scores the cases of split ``part`` (e.g. ``val``: a fold's
+        validation cases, scored whole like the test cases) instead of the test split's."""
+        saved = self.scored_split, self.test_volumes
+        self.scored_split, self.test_volumes = part, []
+        try:
+            yield self
+        finally:
+            self.scored_split, self.test_volumes = saved
+
+    @property
+    def scored_cache_part(self) -> str:
+        """The device cache's name for the scored cases: ``test``, else ``scored <split>`` (the name ``val`` is
+        taken by the validation set of training, model-size slices or patches)."""
+        return "test" if self.scored_split == "test" else f"scored {self.scored_split}"
+
     def _load_test_volumes(self) -> None:
         if not self.test_volumes:
-            if not self.splits["test"]:
-                raise DataError("data.split.test is empty; give it at least one case to evaluate")
+            part = self.scored_split
+            if not self.splits[part]:
+                raise DataError(f"data.split.{part} is empty; give it at least one case to evaluate")
             self.test_volumes = [self._prepared(c, original_label=True)
-                                 for c in self._progress(self.splits["test"], "test")]
+                                 for c in self._progress(self.splits[part], part)]
 
     def _load(self, case_id: str) -> Volume:
         """Read a case, check it (a label, finite intensities) and bring it to the canonical orientation."""
@@ -665,7 +699,7 @@ class SegDataModule(CaseDataModule):
     def test_dataloader(self) -> DataLoader:
         slices = self.test_slices
         if self.pipeline_in_use() == "device":  # every case resized now: the cache needs their size
-            held = self.device_path().cache.place("test", "test cases' slices",
+            held = self.device_path().cache.place(self.scored_cache_part, f"{self.scored_split} cases' slices",
                                                   {"image": [slices(i) for i in range(len(self.test_volumes))]})
             slices = held["image"].__getitem__
         return DataLoader(VolumeDataset(self.test_volumes, slices), batch_size=1, collate_fn=first_item,

@@ -285,6 +285,7 @@ class PatchDataModule(CaseDataModule):
         images = None
         if self.pipeline_in_use() == "device":
             held = self.device_path().cache.place(
-                "test", "test cases", {"image": [torch.from_numpy(v.image)[None, None] for v in self.test_volumes]})
+                self.scored_cache_part, f"{self.scored_split} cases",
+                {"image": [torch.from_numpy(v.image)[None, None] for v in self.test_volumes]})
             images = held["image"]
         return DataLoader(TestCases(self.test_volumes, images), batch_size=1, collate_fn=first_item, num_workers=0)

@@ -111,6 +111,15 @@ class CaseEvaluator:
         self.rows.extend(rows)
         return rows
 
+    def empty_copy(self) -> CaseEvaluator:
+        """An evaluator of the same settings with no cases yet (another set of cases scored the same way:
+        a fold's validation cases, :func:`segbench.runtime.task.score_fold`)."""
+        import copy
+
+        fresh = copy.copy(self)
+        fresh.rows = []
+        return fresh
+
     def summary(self) -> dict[str, Any]:
         """The primary convention's summary at the top level, every convention's in ``by_convention``."""
         organs = [self.class_names[i] for i in self.labels]

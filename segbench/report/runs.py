@@ -67,6 +67,7 @@ class Run:
     error: str | None = None
     per_case: pd.DataFrame | None = None          # the rows of the selected convention only
     per_case_all: pd.DataFrame | None = None      # every convention's rows, as in the file
+    folds: list[Run] = field(default_factory=list)  # a pooled cross-validation's fold runs (segbench.report.cv)
 
     @property
     def failed(self) -> bool:
@@ -74,9 +75,17 @@ class Run:
 
     @property
     def name(self) -> str:
-        """Short name: ``<sweep>/<job>`` for a multirun job, else the directory name."""
+        """Short name: ``<sweep>/<job>`` for a multirun job, else the directory name; a pooled
+        cross-validation: ``<sweep>/<job>+<job>...`` of its folds."""
+        if self.folds:
+            return self.folds[0].name + "".join(f"+{r.path.name}" for r in self.folds[1:])
         parent = self.path.parent.name
         return f"{parent}/{self.path.name}" if self.path.name.isdigit() and parent else self.path.name
+
+    @property
+    def source_paths(self) -> list[Path]:
+        """The run directories this run's numbers come from: its own, or its folds'."""
+        return [r.path for r in self.folds] if self.folds else [self.path]
 
     @property
     def convention(self) -> str | None:

@@ -12,7 +12,8 @@ conventions; a table shows ONE (``--convention``, else the runs' ``metrics.repor
 else their ``metrics.convention``) and says which, with its HD unit, in its caption; runs whose
 defaults differ are refused (exit 2: pass ``--convention``). ``--column-group data.name`` lays
 the runs out side by side, one group of columns per dataset (the paper's Tables 3-5).
-A failed job (``results/error.json``) is listed as a failed row, never dropped.
+A failed job (``results/error.json``) is listed as a failed row, never dropped. ``--cv`` pools the fold
+runs of each k-fold cross-validation into one run of their validation cases (:mod:`segbench.report.cv`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,7 @@ class Table:
     caption: str = ""
     column_group: str | None = None                     # the config key whose values are the column groups
     groups: list[str | None] = field(default_factory=lambda: [None])
+    cv: str | None = None       # --cv: "5-fold CV, 18 cases" (rows are pooled cross-validations)
 
     def group_columns(self, group: str | None) -> list[Column]:
         return [c for c in self.columns if c.group == group]
@@ -318,12 +320,17 @@ def default_caption(table: Table) -> str:
              + ("in %." if table.percent else "as a fraction.")]
     if table.column_group is not None:
         parts.append(f"Column groups: {table.column_group} = {', '.join(str(g) for g in table.groups)}.")
+    if table.cv is not None:
+        parts.append(f"{table.cv}: each run of a row pools the validation cases of its folds, every case of the "
+                     "train + val pool scored once, by the fold model that did not train on it (the test split "
+                     "is not in these numbers).")
     ns = sorted({len(r.group_runs.get(g, [])) if r.group_runs else len(r.runs)
                  for r in table.rows if r.error is None for g in table.groups} - {0})
     if ns and ns != [1]:
         n_text = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
         where = " in each column group" if table.column_group is not None else ""
-        parts.append(f"Mean ± sample std (ddof=1) over the {n_text} runs of each row{where}.")
+        what = "pooled cross-validations (seeds)" if table.cv is not None else "runs"
+        parts.append(f"Mean ± sample std (ddof=1) over the {n_text} {what} of each row{where}.")
     parts.append(f"Means: over cases per organ (excluded cases dropped), then over {table.mean_organs}.")
     if table.baseline is not None:
         within = " within each column group" if table.column_group is not None else ""
@@ -454,8 +461,12 @@ def render_csv(table: Table) -> str:
             rec[key] = format_value(key, value) if isinstance(value, (list, tuple)) else value
         rec.update(status="failed" if row.error is not None else "ok", error=row.error or "",
                    n_runs=0 if row.error is not None else len(row.runs),
-                   runs=";".join(str(r.path) for r in row.runs), convention=table.convention,
+                   runs=";".join(str(p) for r in row.runs for p in r.source_paths), convention=table.convention,
                    hd_unit=table.hd_unit, dsc_unit="%" if table.percent else "fraction")
+        if table.cv is not None:
+            from .cv import cv_text
+
+            rec["cv"] = cv_text(row.runs) if row.error is None else ""
         if grouped:
             rec["column_group"] = table.column_group
         for g in table.groups:
@@ -542,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
                "      --column-group data.name --organs none --percent           # a group per dataset\n"
                "  segbench-table outputs/multirun/<date> --group-by loss.name --group-by loss.gamma \\\n"
                "      --organs paper-table1 --metric dsc,hd95 --out reports/table1\n"
+               "  segbench-table outputs/multirun/<date> --cv          # k-fold CV: one pooled row per sweep\n"
                "exit status: 0 ok (failed jobs are listed as rows), 2 unusable input (one-line error)")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="run directories, Hydra multirun sweep dirs (expanded to their jobs) or any dir "
@@ -576,6 +588,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "transunet); default: each run's metrics.report_convention (transunet for the "
                              "Synapse paper tables), else its metrics.convention; runs whose defaults differ "
                              "are refused (pass --convention)")
+    parser.add_argument("--cv", "--pool-folds", dest="cv", action="store_true",
+                        help="k-fold cross-validation: pool the fold runs of each cross-validation (runs that differ "
+                             "only in data.split.fold) into one run of their validation cases "
+                             "(results/cv/per_case.csv), each case scored once; seeds stay separate runs of a row. "
+                             "Runs that are not folds are left out; a missing fold makes a failed row")
     parser.add_argument("--caption", default=None, help="replace the generated caption")
     parser.add_argument("--label", default="tab:segbench", help="LaTeX \\label (default tab:segbench)")
     parser.add_argument("--out", default="outputs/report", metavar="DIR",
@@ -588,12 +605,21 @@ def make_table(args: argparse.Namespace, warn) -> Table:
     for run in runs:
         for problem in summary_mismatches(run):
             warn(f"{run.path}: summary.json disagrees with per_case.csv ({problem}); the table uses per_case.csv")
+    if getattr(args, "cv", False):
+        from .cv import pool_folds
+
+        runs = pool_folds(runs, warn)
     failed = [r for r in runs if r.failed]
     if failed:
         warn(f"{len(failed)} failed job(s) listed as failed rows: " + ", ".join(str(r.path) for r in failed))
     organs = resolve_organs(args.organs, runs)
     table = build_table(runs, args.group_by or ["loss.name"], organs, _split(args.metric), args.organ_metric,
                         args.baseline, args.percent, args.mean_over, warn=warn, column_group=args.column_group)
+    if getattr(args, "cv", False):
+        from .cv import cv_text
+
+        table.cv = cv_text(runs)
+        table.caption = default_caption(table)
     if args.caption:
         table.caption = args.caption
     return table

@@ -46,6 +46,8 @@ VOLATILE_KEYS = ("run_name", "paths", "num_threads", "resume", "ckpt_path", "opt
 #: data keys added after runs were written, with the value that gives what those runs did: a directory whose
 #: config lacks them holds a run of that value (it resumes, or is found finished, under today's default)
 ADDED_DATA_DEFAULTS = {"pipeline": "auto", "device_cache_gb": "auto"}
+#: the same for keys added to ``data.split`` (k-fold cross-validation, off: :mod:`segbench.data.folds`)
+ADDED_SPLIT_DEFAULTS = {"folds": None, "fold": None, "fold_seed": 12345}
 
 
 def _now() -> str:
@@ -87,11 +89,16 @@ def comparable_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS` where it lacks them."""
+    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS` and
+    :data:`ADDED_SPLIT_DEFAULTS` where it lacks them."""
     data = config.get("data")
     if not isinstance(data, dict):
         return config
-    return {**config, "data": {**data, **{k: v for k, v in ADDED_DATA_DEFAULTS.items() if k not in data}}}
+    data = {**data, **{k: v for k, v in ADDED_DATA_DEFAULTS.items() if k not in data}}
+    if isinstance(data.get("split"), dict):
+        split = data["split"]
+        data["split"] = {**split, **{k: v for k, v in ADDED_SPLIT_DEFAULTS.items() if k not in split}}
+    return {**config, "data": data}
 
 
 def config_changes(old: Any, new: Any, prefix: str = "") -> list[str]:

@@ -105,6 +105,8 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
             module.prediction_dir = output_dir / "predictions"
         trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
                      **weights_only_kwargs(trainer.test))
+        # k-fold cross-validation: the fold's validation cases, scored like the test cases by the same weights
+        cv = score_fold(trainer, module, datamodule, ckpt, output_dir, cfg) if "folds" in datamodule.splits else None
 
     best_val = getattr(trainer.checkpoint_callback, "best_model_score", None)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -120,11 +122,60 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
     }
     if not main_rank:
         return module.evaluator.summary()
+    if cv is not None:  # written first: results/summary.json marks the run finished
+        extra["cv"] = write_fold_results(cv, output_dir, datamodule.splits, config, extra)
     summary = module.evaluator.write(output_dir / "results", config=config, extra=extra)
     rundir.update_status(output_dir, status="done", mean_dsc=summary.get("mean_dsc"),
                          wall_time_s=extra["run"]["wall_time_s"])
-    report(format_table(summary) + f"\nresults: {output_dir / 'results'}")
+    tail = fold_line(extra["cv"], output_dir) if cv is not None else ""
+    report(format_table(summary) + f"\nresults: {output_dir / 'results'}" + tail)
     return summary
+
+
+def fold_line(record: dict[str, Any], output_dir: Path) -> str:
+    """The console's line on a fold run's validation cases (after the test split's table)."""
+    dsc = record.get("mean_dsc")
+    shown = "-" if dsc is None or dsc != dsc else f"{100 * dsc:.2f} %"
+    return (f"\ncross-validation, fold {record['fold']} of {record['folds']}: mean DSC {shown} over its "
+            f"{len(record['cases'])} validation case(s): {output_dir / CV_RESULTS}")
+
+
+#: where a fold run of a k-fold cross-validation writes the scores of its validation cases, and their predictions
+CV_RESULTS, CV_PREDICTIONS = Path("results") / "cv", "predictions_cv"
+
+
+def score_fold(trainer, module, datamodule, ckpt: str | None, output_dir: Path, cfg: DictConfig):
+    """A fold run's cross-validation pass: ``trainer.test`` once more, on the fold's validation cases
+    (``data.split.fold``), with the weights the test split was scored with (``ckpt``) and a fresh evaluator:
+    whole cases, every metric and convention, exactly as the test cases. Returns that evaluator (its rows:
+    every validation case, once); predictions go to ``predictions_cv/`` when ``test.save_predictions``.
+
+    (The fold ensemble on the test split -- the K fold models' probabilities averaged -- is not built yet;
+    each fold run's ``predictions/`` and ``results/`` hold its own model's test split.)"""
+    from .checkpoint import weights_only_kwargs
+
+    evaluator, prediction_dir = module.evaluator, module.prediction_dir
+    module.evaluator = evaluator.empty_copy()
+    module.prediction_dir = output_dir / CV_PREDICTIONS if cfg.test.get("save_predictions") else None
+    try:
+        with datamodule.scoring("val"):
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                         **weights_only_kwargs(trainer.test))
+        return module.evaluator
+    finally:
+        module.evaluator, module.prediction_dir = evaluator, prediction_dir
+
+
+def write_fold_results(cv, output_dir: Path, splits: dict[str, Any], config: dict, extra: dict) -> dict[str, Any]:
+    """``results/cv/per_case.csv`` and ``summary.json`` of a fold's validation cases (the results contract of
+    :mod:`segbench.metrics.results`); returns what the run's own ``summary.json`` records of them."""
+    folds, fold = len(splits["folds"]), splits["fold"]
+    record = {"folds": folds, "fold": fold, "fold_seed": splits["fold_seed"], "cases": list(splits["val"]),
+              "scored": f"the validation cases of fold {fold} of {folds}, with the weights the test split was "
+                        "scored with",
+              "results": str(CV_RESULTS)}
+    summary = cv.write(output_dir / CV_RESULTS, config=config, extra={**extra, "cv": record})
+    return {**record, "mean_dsc": summary.get("mean_dsc"), "mean_hd95": summary.get("mean_hd95")}
 
 
 #: what a sweeper can optimise (``optimized_metric``): the test split's mean DSC, or the best validation Dice
