@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -462,4 +463,25 @@ def test_a_5_fold_sweep_on_the_phantom_validates_every_case_once_and_pools(phant
     frame = pd.read_csv(tmp_path / "report" / "table.csv")
     assert len(frame) == 1 and frame.loc[0, "cv"] == "5-fold CV, 6 cases"
     assert frame.loc[0, "mean_dsc"] == pytest.approx(per_organ["dsc"].mean(), abs=1e-6)
-    print(f"\n5-fold sweep {sweep_s:.1f} s, with the table {time.monotonic() - start:.1f} s")
+    # the fold ensemble on the test split: the 5 fold models' softmax averaged, scored like a run, then reused
+    proc = console("table", str(sweep), "--cv", "--cv-ensemble", "--decimals", "4", "--out",
+                   str(tmp_path / "ensemble"), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "scoring the test split with the 5-fold ensemble" in proc.stdout
+    assert "5-fold ensemble, test split of 1 cases" in proc.stdout
+    (target,) = (sweep / "cv_ensemble").iterdir()
+    ensemble = json.loads((target / "results" / "summary.json").read_text())
+    assert len(ensemble["run"]["ensemble"]) == 5 and ensemble["splits"]["test"] == plain["test"]
+    (case,) = plain["test"]
+    (root,) = [d for d in (phantom_dir / "phantom").iterdir() if (d / "label" / f"label{case}.nii.gz").is_file()]
+    truth = np.asarray(nib.load(root / "label" / f"label{case}.nii.gz").dataobj)
+    pred = np.asarray(nib.load(target / "predictions" / f"{case}.nii.gz").dataobj)
+    rows = pd.read_csv(target / "results" / "per_case.csv", dtype={"case": str})
+    for _, row in rows[rows["convention"] == "default"].iterrows():   # DSC by hand on the files
+        k = int(row["label"])
+        both = (pred == k).sum() + (truth == k).sum()
+        if both:
+            assert row["dsc"] == pytest.approx(2 * ((pred == k) & (truth == k)).sum() / both, rel=1e-5, abs=1e-6)
+    again = console("table", str(sweep), "--cv", "--cv-ensemble", "--out", str(tmp_path / "ensemble"), timeout=120)
+    assert again.returncode == 0 and "scoring the test split" not in again.stdout   # reused, not scored again
+    print(f"\n5-fold sweep {sweep_s:.1f} s, with the tables {time.monotonic() - start:.1f} s")

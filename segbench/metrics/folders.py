@@ -370,7 +370,7 @@ def setup_from_run(run_dir: Path) -> Setup:
                   convention=metrics.get("convention"), report_convention=metrics.get("report_convention"),
                   nsd_tolerance_mm=metrics.get("nsd_tolerance_mm"), cases=cases, run_dir=run_dir)
     grid = {k: data.get(k) for k in ("target_spacing", "target_shape") if data.get(k)}
-    if grid:
+    if grid and metrics.get("grid") == "resampled":  # metrics.grid=original: scored on the scans' own grid
         keys = ", ".join(f"data.{k}={v}" for k, v in grid.items())
         setup.notes.append(f"run {run_dir} scored its cases resampled ({keys}); segbench-score scores on the "
                            "ground truth's own grid, so its numbers are not the run's")

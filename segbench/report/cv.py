@@ -16,8 +16,10 @@ Refused (:class:`~segbench.report.runs.ReportError`, one line): two finished run
 recorded splits disagree, a case scored twice or a pool case never scored. A cross-validation with a fold
 missing (failed, not run yet) becomes a failed row naming the missing folds, never a row of fewer cases.
 
-(The fold ensemble on the test split -- the K fold models' probabilities averaged over the fixed test
-cases -- is not built yet: each fold run's ``results/per_case.csv`` holds its own model's test split.)
+``--cv-ensemble`` scores the fixed test split with each cross-validation's fold ensemble instead: the K fold
+models' softmax averaged on every test case (:func:`segbench.runtime.predict.score_test_split`), predicted on
+the scan's own grid, written with the results contract of a run into ``<sweep>/cv_ensemble/<name>/`` (reused
+while its fold checkpoints do not change) and shown as one row per cross-validation.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ from .runs import (
 FOLDS_KEY, FOLD_KEY = "data.split.folds", "data.split.fold"
 #: where a fold run writes its validation cases' scores (segbench.runtime.task.CV_RESULTS)
 CV_DIR = Path("results") / "cv"
+#: where ``--cv-ensemble`` writes each cross-validation's fold ensemble on the test split (inside the sweep)
+ENSEMBLE_DIR = "cv_ensemble"
 
 
 def num_folds(run: Run) -> int | None:
@@ -189,4 +193,54 @@ def cv_text(runs: Sequence[Run]) -> str:
     cases = sorted({r.summary["cv"]["cases"] for r in pooled})
     if not pooled:
         return "k-fold CV"
+    if all(r.summary["cv"].get("ensemble") for r in pooled):
+        return f"{'/'.join(map(str, folds))}-fold ensemble, test split of {'/'.join(map(str, cases))} cases"
     return f"{'/'.join(map(str, folds))}-fold CV, {'/'.join(map(str, cases))} cases"
+
+
+def ensemble_dir(pooled: Run) -> Path:
+    """Where a cross-validation's fold ensemble writes: ``<sweep>/cv_ensemble/<its overrides but the fold>``."""
+    import re
+
+    name = ",".join(o.lstrip("+~") for o in pooled.overrides) or "ensemble"
+    return pooled.path / ENSEMBLE_DIR / re.sub(r"[^A-Za-z0-9_.,=+-]", "_", name)[:120]
+
+
+def fold_ensembles(runs: Sequence[Run], warn: Callable[[str], None], convention: str | None = None,
+                   progress: Callable[[str], None] = print) -> list[Run]:
+    """``runs`` (from :func:`pool_folds`) with each pooled cross-validation replaced by its fold ensemble's scores
+    on the test split (failed rows stay). Scored once: a later call reads ``<dir>/results`` back while the fold
+    checkpoints it names are unchanged."""
+    import json
+
+    from ..runtime.predict import load_member, recorded_paths, resolve_device, score_test_split
+    from .runs import load_run
+
+    out: list[Run] = []
+    for run in runs:
+        if run.failed or not run.folds:
+            out.append(run)
+            continue
+        folds = sorted(run.folds, key=lambda r: int(get_key(r, FOLD_KEY)))
+        target = ensemble_dir(run)
+        summary = target / "results" / "summary.json"
+        members = None
+        try:
+            recorded = json.loads(summary.read_text())["run"]["ensemble"] if summary.is_file() else None
+        except (OSError, ValueError, KeyError, TypeError):
+            recorded = None
+        if recorded is not None:
+            newest = max((Path(c).stat().st_mtime for c in recorded if Path(c).is_file()), default=None)
+            if len(recorded) != len(folds) or newest is None or newest > summary.stat().st_mtime:
+                recorded = None
+        if recorded is None:
+            progress(f"segbench-table: scoring the test split with the {len(folds)}-fold ensemble of {run.path} "
+                     f"-> {target}")
+            device = resolve_device("auto")
+            members = [load_member(r.path, recorded_paths(r.path, target), device) for r in folds]
+            score_test_split(members, target)
+        ensemble = load_run(target, convention)
+        cases = len(set(ensemble.per_case["case"])) if ensemble.per_case is not None else 0
+        ensemble.summary = {**(ensemble.summary or {}), "cv": {"folds": len(folds), "cases": cases, "ensemble": True}}
+        out.append(ensemble)
+    return out

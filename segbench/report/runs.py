@@ -158,7 +158,8 @@ def find_run_dirs(paths: Iterable[str | Path]) -> list[Path]:
             raise ReportError(f"expected a run directory, got a file: {path}")
         if path.name == "results" and ((path / "summary.json").is_file() or (path / "error.json").is_file()):
             path = path.parent
-        mine = find_dirs(path, is_run_dir)
+        # segbench-table --cv-ensemble's results inside a sweep are not the sweep's jobs (name them to show them)
+        mine = [d for d in find_dirs(path, is_run_dir) if "cv_ensemble" not in d.relative_to(path).parts]
         if not mine:
             raise ReportError(f"no runs found in {path} (looked for results/summary.json, results/error.json, "
                               "run.json or .hydra/config.yaml at or below it)")

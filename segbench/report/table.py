@@ -320,7 +320,10 @@ def default_caption(table: Table) -> str:
              + ("in %." if table.percent else "as a fraction.")]
     if table.column_group is not None:
         parts.append(f"Column groups: {table.column_group} = {', '.join(str(g) for g in table.groups)}.")
-    if table.cv is not None:
+    if table.cv is not None and "ensemble" in table.cv:
+        parts.append(f"{table.cv}: each run of a row scores the fixed test split with the fold ensemble of one "
+                     "cross-validation (the fold models' softmax averaged, on each scan's own grid).")
+    elif table.cv is not None:
         parts.append(f"{table.cv}: each run of a row pools the validation cases of its folds, every case of the "
                      "train + val pool scored once, by the fold model that did not train on it (the test split "
                      "is not in these numbers).")
@@ -593,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "only in data.split.fold) into one run of their validation cases "
                              "(results/cv/per_case.csv), each case scored once; seeds stay separate runs of a row. "
                              "Runs that are not folds are left out; a missing fold makes a failed row")
+    parser.add_argument("--cv-ensemble", dest="cv_ensemble", action="store_true",
+                        help="with --cv: score the fixed test split with each cross-validation's fold ensemble (the "
+                             "fold models' softmax averaged), written to <sweep>/cv_ensemble/ and reused; one row "
+                             "per cross-validation")
     parser.add_argument("--caption", default=None, help="replace the generated caption")
     parser.add_argument("--label", default="tab:segbench", help="LaTeX \\label (default tab:segbench)")
     parser.add_argument("--out", default="outputs/report", metavar="DIR",
@@ -605,10 +612,14 @@ def make_table(args: argparse.Namespace, warn) -> Table:
     for run in runs:
         for problem in summary_mismatches(run):
             warn(f"{run.path}: summary.json disagrees with per_case.csv ({problem}); the table uses per_case.csv")
+    if getattr(args, "cv_ensemble", False) and not getattr(args, "cv", False):
+        raise ReportError("--cv-ensemble needs --cv (the fold runs of each cross-validation make one ensemble)")
     if getattr(args, "cv", False):
-        from .cv import pool_folds
+        from .cv import fold_ensembles, pool_folds
 
         runs = pool_folds(runs, warn)
+        if getattr(args, "cv_ensemble", False):
+            runs = fold_ensembles(runs, warn, args.convention)
     failed = [r for r in runs if r.failed]
     if failed:
         warn(f"{len(failed)} failed job(s) listed as failed rows: " + ", ".join(str(r.path) for r in failed))

@@ -97,10 +97,41 @@ def locate_run(path: str | Path, choice: str = "tested") -> tuple[Path, Path]:
     return path, run_checkpoint(path, choice)
 
 
+def default_paths(output_dir: str | Path) -> DictConfig:
+    """``configs/paths/default.yaml`` resolved outside Hydra: data under ``SEGBENCH_DATA_DIR`` or ``./data``."""
+    import os
+
+    from ..config import CONFIG_DIR
+
+    paths = OmegaConf.load(Path(CONFIG_DIR) / "paths" / "default.yaml")
+    paths.output_dir = str(output_dir)
+    paths.root_dir = os.getcwd()
+    return paths
+
+
+def recorded_paths(run_dir: Path, output_dir: str | Path) -> DictConfig:
+    """The ``paths`` a finished run resolved (``results/summary.json``) when its data folder exists on this machine
+    (a sweep trained with ``paths.data_dir=...``), else :func:`default_paths`."""
+    import json
+
+    try:
+        recorded = (json.loads((run_dir / "results" / "summary.json").read_text()).get("config") or {}).get("paths")
+    except (OSError, ValueError):
+        recorded = None
+    if isinstance(recorded, dict) and recorded.get("data_dir") and Path(recorded["data_dir"]).is_dir():
+        return OmegaConf.create({**{k: str(v) for k, v in recorded.items()}, "output_dir": str(output_dir)})
+    return default_paths(output_dir)
+
+
 def run_config(run_dir: Path, paths: DictConfig, trusted_modules=()) -> DictConfig:
     """The run's config, with this machine's ``paths``, checked against the trust allowlist before anything
     is built; no preprocessing cache (a prediction writes nothing but its outputs)."""
+    from hydra.core.utils import setup_globals
+
+    from .. import config  # noqa: F401 - registers segbench's resolvers (a smoke run's model.width)
     from .trust import checked_config
+
+    setup_globals()  # Hydra's resolvers (${now:...} in run_name) outside a Hydra app (segbench-table --cv-ensemble)
 
     path = run_dir / ".hydra" / "config.yaml"
     try:
