@@ -194,6 +194,19 @@ def test_wheel_carries_the_configs_and_runs_from_an_empty_directory(installed, t
     assert package_files(package) == before, "segbench-train wrote into the installed package"
     assert not (package.parent / "outputs").exists() and not (package.parent / "data").exists()
 
+    # segbench-predict of the wheel applies that run to a scan, in the same directory
+    import nibabel as nib
+    import numpy as np
+
+    (scan,) = (work / "data" / "phantom").glob("*/img/img0003.nii.gz")
+    proc = run([str(venv / "bin" / "segbench-predict"), f"run={summary_path.parent.parent}", f"input={scan}",
+                "output=predicted"], work, env)
+    assert "1 of 1 case(s) predicted" in proc.stdout
+    written, source = nib.load(work / "predicted" / "img0003.nii.gz"), nib.load(scan)
+    assert written.shape == source.shape and np.allclose(written.affine, source.affine)
+    assert sorted(p.name for p in work.iterdir()) == ["data", "outputs", "predicted"]
+    assert package_files(package) == before, "segbench-predict wrote into the installed package"
+
 
 @pytest.mark.slow  # shares the wheel and venv of the test above
 def test_the_installed_wheel_scores_a_folder_from_an_empty_directory(installed, tmp_path):
