@@ -334,3 +334,18 @@ def test_the_test_split_is_written_and_scored_on_the_scans_own_grid(resampled_ru
             assert rows[case_id, organ] == pytest.approx(by_hand, rel=1e-5, abs=1e-6), (case_id, organ)
     summary = json.loads((resampled_run / "results" / "summary.json").read_text())
     assert summary["config"]["metrics"]["grid"] == "original"
+
+
+@pytest.mark.slow  # trains a 3D smoke run
+def test_a_3d_run_predicts_by_sliding_windows_in_the_scans_geometry(phantom_dir, tmp_path):
+    run = tmp_path / "run3d"
+    proc = cli("segbench.train", "debug=smoke", "data=phantom3d", "num_threads=1", "data.target_spacing=[4.0,2.0,2.0]",
+               f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ras_scan(tmp_path / "scans" / "ct.nii.gz", shape=(9, 70, 75))
+    proc = predict(f"run={run}", f"input={tmp_path / 'scans'}", f"output={tmp_path / 'out'}", "tta=true")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "test-time flips" in proc.stdout
+    written, source = nib.load(tmp_path / "out" / "ct.nii.gz"), nib.load(tmp_path / "scans" / "ct.nii.gz")
+    assert written.shape == source.shape == (75, 70, 9)
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-6)
