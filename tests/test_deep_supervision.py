@@ -225,7 +225,7 @@ def test_every_loss_trains_two_steps_with_finite_gradients_on_every_head(loss):
 
 
 # -- smoke runs -------------------------------------------------------------------------------------------------
-@pytest.mark.slow  # a training run per model (9-16 s each on the project's CPU)
+@pytest.mark.slow  # a training run per model (18-27 s each on the project's shared 2-core CPU)
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_smoke_run_with_deep_supervision_writes_results(name, phantom_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
