@@ -225,7 +225,7 @@ def test_every_loss_trains_two_steps_with_finite_gradients_on_every_head(loss):
 
 
 # -- smoke runs -------------------------------------------------------------------------------------------------
-@pytest.mark.slow  # a training run per model (18-27 s each on the project's shared 2-core CPU)
+@pytest.mark.slow  # a training run per model: 18-27 s each on the shared 2-core CPU (unet 46 s with segbench-eval)
 @pytest.mark.parametrize("name", sorted(NETWORKS))
 def test_smoke_run_with_deep_supervision_writes_results(name, phantom_dir, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -242,3 +242,9 @@ def test_smoke_run_with_deep_supervision_writes_results(name, phantom_dir, tmp_p
     events.Reload()
     scales = sorted(tag for tag in events.Tags()["scalars"] if tag.startswith("loss/ds/"))
     assert scales == [f"loss/ds/scale{k}" for k in range(len(NETWORKS[name][2]))]
+    if name == "unet":  # scored again from its checkpoint (heads included), the full-resolution output alone
+        proc = cli("segbench.eval", f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}",
+                   f"hydra.run.dir={tmp_path / 'eval'}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert (tmp_path / "eval" / "results" / "per_case.csv").read_bytes() == \
+            (run / "results" / "per_case.csv").read_bytes()
