@@ -15,9 +15,9 @@ The option (``configs/model/<name>.yaml``, ``false`` in every one):
   two heads (``out2``, ``out3`` of their Synapse network).
 * ``k`` (an integer >= 1): heads on the ``k`` highest-resolution lower scales, up to every decoder scale.
 
-A network declares what it supports by its number of decoder scales (full resolution included);
-:func:`extra_heads` turns the option into the number of heads, and sets the network's ``deep_supervision``
-attribute (the number of heads, 0 = off), which :class:`segbench.module.SegModule` reads.
+A network passes its number of decoder scales (full resolution included) to :func:`extra_heads`, which turns
+the option into the number of heads, and keeps that number as its ``deep_supervision`` attribute (0 = off):
+:class:`segbench.module.SegModule` reads it to apply the loss at every scale.
 """
 
 from __future__ import annotations
