@@ -28,6 +28,7 @@ from .errors import ConfigError
 from .losses import loss_from_config
 from .losses.base import SegLoss
 from .losses.consistency import check_consistency, perturbation_consistency
+from .losses.deep_supervision import DeepSupervisionLoss
 from .metrics.results import CaseEvaluator
 from .models.inference import case_probabilities, check_inference, labels_at, sliding_window_logits
 from .report.overlays import figure_to_rgb, overlay_figure
@@ -45,6 +46,11 @@ def poly_lambda(total_steps: int, power: float) -> Callable[[int], float]:
                           "scheduler.name=none")
     total = max(int(total_steps), 1)
     return lambda step: (1.0 - min(step, total) / total) ** power
+
+
+def full_resolution(outputs: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The full-resolution logits of a network's output: the tensor, or the first of a deep-supervision tuple."""
+    return outputs if torch.is_tensor(outputs) else outputs[0]
 
 
 class SegModule(pl.LightningModule):
@@ -65,6 +71,11 @@ class SegModule(pl.LightningModule):
         inference: sliding-window options for whole 3D cases (``roi_size``, ``overlap``, ``mode``, ...).
         consistency: ``{weight, perturbation, noise_std}``: perturbation consistency added to the
             training loss (:mod:`segbench.losses.consistency`); weight 0 or ``None`` = off.
+
+    A network with deep-supervision heads (its ``deep_supervision`` attribute: the number of heads,
+    ``model.deep_supervision``) returns a tuple of logits in training, full resolution first; the loss is then
+    :class:`~segbench.losses.deep_supervision.DeepSupervisionLoss` around the configured one, and every other
+    use of the network (validation, test, overlays, the consistency term) sees the full-resolution logits.
     """
 
     def __init__(self, net: nn.Module, loss: dict[str, Any], optimizer: Callable, scheduler: dict[str, Any],
@@ -77,6 +88,9 @@ class SegModule(pl.LightningModule):
         self.class_names = list(class_names)
         # a built-in loss by name, or the user's own class by _target_ (segbench.losses.loss_from_config)
         self.loss_fn = loss_from_config(loss, num_classes=len(self.class_names), class_names=self.class_names)
+        heads = int(getattr(net, "deep_supervision", 0) or 0)
+        if heads:  # the loss at every output scale, nnU-Net's weights; the same loss module (and parameters)
+            self.loss_fn = DeepSupervisionLoss(self.loss_fn, outputs=1 + heads)
         # notes a non-finite training loss on the device; segbench.runtime.callbacks.StopOnNonFiniteLoss stops the run
         self.loss_watch = LossWatch(str(loss.get("name") or loss.get("_target_") or "loss"))
         self.optimizer_factory = optimizer
@@ -138,12 +152,13 @@ class SegModule(pl.LightningModule):
         self.loss_fn.on_train_epoch_start(self.current_epoch, self.trainer.max_epochs)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        logits = self(batch["image"])
-        loss = self.loss_fn(logits, batch["label"], maps=batch.get("maps"), **self._loss_image(batch))
+        outputs = self(batch["image"])  # under deep supervision: (full resolution, 1/2, ...)
+        logits = full_resolution(outputs)
+        loss = self.loss_fn(outputs, batch["label"], maps=batch.get("maps"), **self._loss_image(batch))
         parts = {}
         if self.consistency["weight"] > 0:
-            consistency = perturbation_consistency(self, batch["image"], logits, self.consistency["perturbation"],
-                                                   self.consistency["noise_std"])
+            consistency = perturbation_consistency(lambda x: full_resolution(self(x)), batch["image"], logits,
+                                                   self.consistency["perturbation"], self.consistency["noise_std"])
             self.log("loss/consistency", consistency, on_step=True, on_epoch=False, batch_size=len(logits))
             parts = {"loss/consistency": consistency}
             loss = loss + self.consistency["weight"] * consistency
@@ -223,7 +238,7 @@ class SegModule(pl.LightningModule):
             images, labels = dm.val_set.slices.images[idx], labels[idx]
         images = images.to(self.device)
         with torch.no_grad():
-            preds = self(images).argmax(1).cpu()
+            preds = full_resolution(self(images)).argmax(1).cpu()
         if preds.dim() == 4:
             mid = preds.shape[1] // 2
             images, labels, preds = images[:, :, mid], labels[:, mid], preds[:, mid]

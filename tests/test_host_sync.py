@@ -154,17 +154,29 @@ def test_training_step_options_make_no_host_sync(extra, phantom_dir, cuda_kernel
     assert per_step == [[]] * STEPS, f"{extra}: host reads in training_step: {per_step[0]}"
 
 
+# -- deep supervision: the loss at every scale, the targets / images / maps resampled on the device --------------
+@pytest.mark.parametrize("extra", [["loss=ce_dice"], ["loss=afw_dice"], ["loss=hausdorff_dt"], ["loss=level_set"],
+                                   ["loss=boundary", "data.precompute_loss_maps=true"],
+                                   ["consistency.weight=0.1"],
+                                   ["loss=dpce", "data=phantom3d", "model=unet3d", "data.patch_size=[8,32,32]"]])
+def test_deep_supervision_adds_no_host_sync(extra, phantom_dir, cuda_kernels):
+    per_step = fit_counting(compose_run(phantom_dir, "model.deep_supervision=true", *extra))
+    assert per_step == [[]] * STEPS, f"{extra} with deep supervision: host reads in training_step: {per_step[0]}"
+
+
 # -- on a GPU: PyTorch's own detector of synchronising CUDA calls (scripts/gpu_checks.sh runs this) -------------
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("loss", ["ce_dice", "afw_dice", "unified_focal", "boundary", "hausdorff_dt",
-                                  "hausdorff_cv", "topk_ce"])
+                                  "hausdorff_cv", "topk_ce", "afw_dice model.deep_supervision=true",
+                                  "boundary model.deep_supervision=true"])
 def test_training_step_makes_no_cuda_sync(loss, phantom_dir):
     """``torch.cuda.set_sync_debug_mode("warn")`` while ``training_step`` runs on the GPU, in bf16: every
     synchronising CUDA call (a read-back, ``nonzero``, a blocking copy) would warn."""
     import warnings
 
     pl.seed_everything(0, verbose=False)
-    datamodule, module = build(compose_run(phantom_dir, f"loss={loss}", "trainer=gpu"))
+    loss, *extra = loss.split()
+    datamodule, module = build(compose_run(phantom_dir, f"loss={loss}", *extra, "trainer=gpu"))
     caught: list[list[str]] = []
     step = module.training_step
 

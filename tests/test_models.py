@@ -135,6 +135,11 @@ def test_model_builds_from_its_config_and_learns_a_fixed_batch(name, dims):
     (["model=unetr_pp", "data=phantom"], "model=unetr_pp supports 3D only, not data.spatial_dims=2"),
     (["model=unetr_pp", "data=phantom3d", "data.patch_size=[16,48,48]"],
      "model=unetr_pp cannot take data.patch_size=[16, 48, 48]: the stem (patch [2, 4, 4]) and three halvings"),
+    # deep supervision needs decoder outputs at several scales (tests/test_deep_supervision.py has the rest)
+    (["model=transunet", "model.deep_supervision=true"], "model=transunet has no deep supervision"),
+    (["model=unet", "model.depth=3", "model.deep_supervision=true"],
+     "model=unet has 2 decoder scale(s); model.deep_supervision=true (nnU-Net's heads: every decoder scale but the "
+     "lowest) leaves no head; set model.depth >= 4, or pass model.deep_supervision=1 (the 1/2 scale)"),
 ])
 def test_unsupported_combination_fails_when_built(overrides, message):
     cfg = compose_run(*overrides)
@@ -225,10 +230,13 @@ def test_unetr_pp_parameter_count_is_the_architectures():
     assert sum(p.numel() for p in net.parameters()) == expected == 474_819
     assert net(torch.randn(2, 1, 16, 32, 32)).shape == (2, classes, 16, 32, 32)
     # the paper's Synapse network (64 x 128 x 128 input, 14 classes) has 42.96 M parameters with its two
-    # deep-supervision heads (2 x 14 + 32 x 14 + 64 x 14 = 1,372 of them), which segbench does not train
-    paper = UNETRPP(num_classes=14, img_size=(64, 128, 128))
-    heads = 32 * 14 + 14 + 64 * 14 + 14
-    assert (sum(p.numel() for p in paper.parameters()) + heads) / 1e6 == pytest.approx(42.96, abs=0.01)
+    # deep-supervision heads (1 x 1 convolutions from 2w = 32 and 4w = 64 channels: 32 x 14 + 14 + 64 x 14 + 14
+    # = 1,372 of them), which segbench builds with model.deep_supervision=true
+    paper = UNETRPP(num_classes=14, img_size=(64, 128, 128), deep_supervision=True)
+    heads = sum(p.numel() for p in paper.ds_heads.parameters())
+    assert heads == 32 * 14 + 14 + 64 * 14 + 14
+    assert sum(p.numel() for p in paper.parameters()) / 1e6 == pytest.approx(42.96, abs=0.01)
+    assert (sum(p.numel() for p in paper.parameters()) - heads) / 1e6 == pytest.approx(42.95, abs=0.01)
 
 
 def test_transunet_paper_configuration_size():

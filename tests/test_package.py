@@ -35,7 +35,7 @@ REPO = Path(segbench.__file__).resolve().parent.parent
 SOURCES = ("segbench", "hydra_plugins", "configs", "pyproject.toml", "setup.py", "MANIFEST.in", "README.md")
 #: the public names the README documents (``from segbench.<module> import <name>``)
 PUBLIC = {
-    "segbench.losses": ["SegLoss", "LossInputs", "build_loss", "available_losses"],
+    "segbench.losses": ["SegLoss", "LossInputs", "build_loss", "available_losses", "DeepSupervisionLoss"],
     "segbench.data": ["DataSource", "CaseRef", "SegDataModule", "PatchDataModule", "load_nifti_case",
                       "save_nifti_label"],
     "segbench.metrics": ["evaluate_case", "evaluate_case_conventions"],

@@ -53,8 +53,9 @@ def test_tensorboard_tags_in_the_readme_are_the_ones_a_run_writes(phantom_dir, t
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_dir = tmp_path / "run"
-    proc = cli("segbench.train", "debug=smoke", "loss=afw_dice", "num_threads=1", f"paths.data_dir={phantom_dir}",
-               f"hydra.run.dir={run_dir}")
+    # the paper's loss (its learnable weights) under deep supervision (each scale's loss): every tag the README names
+    proc = cli("segbench.train", "debug=smoke", "loss=afw_dice", "model.deep_supervision=true", "num_threads=1",
+               f"paths.data_dir={phantom_dir}", f"hydra.run.dir={run_dir}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .common import check_divisible, check_no_depth, check_spatial_dims, check_width, input_size, require_einops
+from .deep_supervision import FeatureTaps, extra_heads, output_heads, refuse, supervised
 
 
 class UNetPlusPlus(nn.Module):
@@ -23,13 +24,20 @@ class UNetPlusPlus(nn.Module):
     MONAI ``BasicUNetPlusPlus``: five levels with features ``(w, w, 2w, 4w, 8w)`` and ``w`` at the
     top of the decoder (MONAI's default at ``width=32``), conv3x3 + InstanceNorm + LeakyReLU,
     transposed-convolution up-sampling. Any input size (MONAI pads the up-sampled maps to their
-    skips). Only the final output is used (no deep supervision).
+    skips). Only the final output ``X^{0,4}`` is used.
+
+    ``deep_supervision`` (segbench's, nnU-Net's regime: :mod:`segbench.models.deep_supervision`) puts 1 x 1
+    heads on the last node of each lower row, ``X^{1,3}`` (1/2, ``w`` channels), ``X^{2,2}`` (1/4, ``2w``) and
+    ``X^{3,1}`` (1/8, ``4w``): the decoder outputs on the path to ``X^{0,4}``; ``true`` takes 1/2 and 1/4.
+    UNet++'s own deep supervision (Zhou et al.: the full-resolution outputs ``X^{0,1..4}``, averaged; MONAI's
+    ``deep_supervision=True``) is another scheme, not offered here.
     """
 
     name = "unetpp"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 9, width: int = 32, spatial_dims: int = 2,
-                 depth: int | None = None, norm: str = "instance", upsample: str = "deconv", dropout: float = 0.0):
+                 depth: int | None = None, norm: str = "instance", upsample: str = "deconv", dropout: float = 0.0,
+                 deep_supervision: bool | int = False):
         super().__init__()
         from monai.networks.nets import BasicUNetPlusPlus
 
@@ -39,9 +47,19 @@ class UNetPlusPlus(nn.Module):
         self.net = BasicUNetPlusPlus(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
                                      features=(w, w, 2 * w, 4 * w, 8 * w, w), deep_supervision=False,
                                      norm=norm, upsample=upsample, dropout=dropout)
+        # decoder outputs below full resolution: X^{1,3}, X^{2,2}, X^{3,1}
+        self.deep_supervision = extra_heads(self.name, deep_supervision, 4)
+        self.ds_heads, self.taps = None, None
+        if self.deep_supervision:
+            nodes = [self.net.upcat_1_3, self.net.upcat_2_2, self.net.upcat_3_1][:self.deep_supervision]
+            self.taps = FeatureTaps(nodes)
+            self.ds_heads = output_heads([w, 2 * w, 4 * w][:self.deep_supervision], num_classes, spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[0]
+        if self.taps is None:
+            return self.net(x)[0]
+        logits = self.net(x)[0]
+        return supervised(logits, self.taps.take(), self.ds_heads, self.training)
 
 
 class AttentionUNet(nn.Module):
@@ -50,12 +68,17 @@ class AttentionUNet(nn.Module):
     MONAI ``AttentionUnet`` with ``depth`` levels of ``w, 2w, 4w, ...`` channels (``width=32,
     depth=5``: 32-64-128-256-512, the paper U-Net's widths) and stride-2 convolutions; the input
     sides must be multiples of ``2**(depth-1)``.
+
+    ``deep_supervision`` (:mod:`segbench.models.deep_supervision`): 1 x 1 heads on the outputs of the
+    nested attention layers below full resolution (1/2, 1/4, ... with ``2w, 4w, ...`` channels: the
+    decoder's outputs, ``depth - 1`` scales in all; ``true`` takes 1/2 and 1/4 at ``depth=5``).
     """
 
     name = "attention_unet"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 9, width: int = 32, depth: int = 5,
-                 spatial_dims: int = 2, img_size: int | Sequence[int] | None = None, dropout: float = 0.0):
+                 spatial_dims: int = 2, img_size: int | Sequence[int] | None = None, dropout: float = 0.0,
+                 deep_supervision: bool | int = False):
         super().__init__()
         from monai.networks.nets import AttentionUnet
 
@@ -68,9 +91,23 @@ class AttentionUNet(nn.Module):
         self.net = AttentionUnet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
                                  channels=[w * 2**i for i in range(depth)], strides=[2] * (depth - 1),
                                  dropout=dropout)
+        self.deep_supervision = extra_heads(self.name, deep_supervision, depth - 1, "set model.depth >= 4")
+        self.ds_heads, self.taps = None, None
+        if self.deep_supervision:
+            # MONAI nests one AttentionLayer per level (model[1] at full resolution, each next one inside the
+            # previous one's submodule); each returns the decoder's output at its level
+            layers = [self.net.model[1]]
+            while isinstance(layers[-1].submodule, nn.Sequential):
+                layers.append(layers[-1].submodule[1])
+            self.taps = FeatureTaps(layers[1:1 + self.deep_supervision])
+            self.ds_heads = output_heads([w * 2**i for i in range(1, 1 + self.deep_supervision)], num_classes,
+                                         spatial_dims)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        if self.taps is None:
+            return self.net(x)
+        logits = self.net(x)
+        return supervised(logits, self.taps.take(), self.ds_heads, self.training)
 
 
 class SegResNet(nn.Module):
@@ -92,11 +129,12 @@ class SegResNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 9, width: int = 16,
                  blocks_down: Sequence[int] = (1, 2, 2, 4), blocks_up: Sequence[int] | None = None,
                  num_groups: int = 8, spatial_dims: int = 2, img_size: int | Sequence[int] | None = None,
-                 depth: int | None = None, dropout: float | None = None):
+                 depth: int | None = None, dropout: float | None = None, deep_supervision: bool | int = False):
         super().__init__()
         from monai.networks.nets import SegResNet as MonaiSegResNet
 
         spatial_dims = check_spatial_dims(self.name, spatial_dims, (2, 3))
+        refuse(self.name, deep_supervision)
         levels = len(blocks_down)
         if depth is not None and int(depth) != levels:
             raise ConfigError(f"model={self.name}: model.depth={depth} but model.blocks_down has {levels} levels; "
@@ -135,9 +173,10 @@ class SwinUNETR(nn.Module):
                  img_size: int | Sequence[int] | None = None, depth: int | None = None,
                  depths: Sequence[int] = (2, 2, 2, 2), num_heads: Sequence[int] = (3, 6, 12, 24),
                  window_size: int = 7, dropout_path_rate: float = 0.0, use_v2: bool = False,
-                 use_checkpoint: bool = False):
+                 use_checkpoint: bool = False, deep_supervision: bool | int = False):
         super().__init__()
         spatial_dims = check_spatial_dims(self.name, spatial_dims, (2, 3))
+        refuse(self.name, deep_supervision)
         check_no_depth(self.name, depth)
         w = check_width(self.name, width, 12, "MONAI's SwinUNETR feature_size")
         # 64: InstanceNorm at 1/32 needs more than one voxel per side in training

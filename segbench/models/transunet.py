@@ -31,6 +31,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .common import check_divisible, check_no_depth, check_spatial_dims, check_width, input_size, load_pretrained
+from .deep_supervision import refuse
 from .vit import TransformerBlock, tokens_to_map
 
 
@@ -142,9 +143,11 @@ class TransUNet(nn.Module):
                  mlp_dim: int = 3072, num_heads: int = 12, num_layers: int = 12, dropout_rate: float = 0.1,
                  attention_dropout_rate: float = 0.0, decoder_channels: Sequence[int] | None = None,
                  n_skip: int = 3, spatial_dims: int = 2, depth: int | None = None,
-                 pretrained_path: str | None = None, pretrained_strict: bool = True):
+                 pretrained_path: str | None = None, pretrained_strict: bool = True,
+                 deep_supervision: bool | int = False):
         super().__init__()
         check_spatial_dims(self.name, spatial_dims, (2,))
+        refuse(self.name, deep_supervision)
         check_no_depth(self.name, depth)
         width = check_width(self.name, width)
         size = input_size(self.name, img_size, 2)

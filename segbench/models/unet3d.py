@@ -17,6 +17,7 @@ class UNet3D(UNet):
     name = "unet3d"
 
     def __init__(self, in_channels: int = 1, num_classes: int = 9, width: int = 32, depth: int = 4,
-                 spatial_dims: int = 3):
+                 spatial_dims: int = 3, deep_supervision: bool | int = False):
         check_spatial_dims(self.name, spatial_dims, (3,))
-        super().__init__(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth, spatial_dims=3)
+        super().__init__(in_channels=in_channels, num_classes=num_classes, width=width, depth=depth, spatial_dims=3,
+                         deep_supervision=deep_supervision)

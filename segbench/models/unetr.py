@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .common import check_divisible, check_no_depth, check_spatial_dims, check_width, input_size, load_pretrained
+from .deep_supervision import refuse
 from .vit import ViT, tokens_to_map
 
 
@@ -42,9 +43,11 @@ class UNETR(nn.Module):
                  width: int = 16, hidden_size: int = 768, mlp_dim: int = 3072, num_heads: int = 12,
                  num_layers: int = 12, patch_size: int = 16, dropout_rate: float = 0.0,
                  norm_name: str = "instance", qkv_bias: bool = False, spatial_dims: int = 3,
-                 depth: int | None = None, pretrained_path: str | None = None, pretrained_strict: bool = True):
+                 depth: int | None = None, pretrained_path: str | None = None, pretrained_strict: bool = True,
+                 deep_supervision: bool | int = False):
         super().__init__()
         spatial_dims = check_spatial_dims(self.name, spatial_dims, (2, 3))
+        refuse(self.name, deep_supervision)
         check_no_depth(self.name, depth)
         width = check_width(self.name, width)
         size = input_size(self.name, img_size, spatial_dims)

@@ -25,11 +25,14 @@ A hierarchical encoder-decoder whose stages are Efficient Paired-Attention (EPA)
   (``ResBlock(in -> w)``) and runs a residual convolution block (no attention, as the paper's
   supplementary material); a 1 x 1 convolution gives the logits.
 
-Differences from the authors' code: no deep-supervision heads (segbench trains one output); the
-spatial branch's output is laid out as ``[B, N, h, C/h]`` before the merge of the heads (the code
-permutes it as ``[B, C/h, h, N]`` and reshapes that to ``[B, N, C]``, mixing tokens into channels);
-the input size is any multiple of ``8 * patch_size`` (the code hard-codes the decoders' token
-counts for 64 x 128 x 128).
+Deep supervision (``deep_supervision``, off by default; :mod:`segbench.models.deep_supervision`): 1 x 1
+heads on the decoder outputs at ``1 / patch_size`` and ``1 / (2 patch_size)`` (``true``: the authors' ``out2``
+and ``out3``, with their trainer's weights 4/7, 2/7, 1/7); up to the ``1 / (4 patch_size)`` output (``3``).
+
+Differences from the authors' code: the spatial branch's output is laid out as ``[B, N, h, C/h]`` before
+the merge of the heads (the code permutes it as ``[B, C/h, h, N]`` and reshapes that to ``[B, N, C]``, mixing
+tokens into channels); the input size is any multiple of ``8 * patch_size`` (the code hard-codes the
+decoders' token counts for 64 x 128 x 128); deep supervision is off unless asked for (the authors train with it).
 
 The token counts fix the input size: the position embeddings and the ``N -> P`` projections are
 made for ``img_size`` (``data.patch_size``; sliding-window inference feeds windows of that size).
@@ -47,6 +50,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .common import check_no_depth, check_spatial_dims, check_width, input_size, size_setting
+from .deep_supervision import extra_heads, output_heads, supervised
 
 
 class EPA(nn.Module):
@@ -120,6 +124,7 @@ class UNETRPP(nn.Module):
         patch_size: the stem's kernel and stride (2, 4, 4): the slice axis first, as segbench's volumes.
         dropout_rate: attention dropout of the EPA blocks (0.1).
         norm_name: normalisation of the full-resolution convolution blocks (``instance`` or ``batch``).
+        deep_supervision: ``false``, ``true`` (the authors' two heads) or a number of heads (1-3).
     """
 
     name = "unetr_pp"
@@ -128,7 +133,7 @@ class UNETRPP(nn.Module):
                  width: int = 16, depths: Sequence[int] = (3, 3, 3, 3), decoder_depth: int = 3, num_heads: int = 4,
                  proj_size: Sequence[int] = (64, 64, 64, 32), decoder_proj_size: int = 64,
                  patch_size: Sequence[int] = (2, 4, 4), dropout_rate: float = 0.1, norm_name: str = "instance",
-                 spatial_dims: int = 3, depth: int | None = None):
+                 spatial_dims: int = 3, depth: int | None = None, deep_supervision: bool | int = False):
         super().__init__()
         check_spatial_dims(self.name, spatial_dims, (3,))
         check_no_depth(self.name, depth)
@@ -174,6 +179,10 @@ class UNETRPP(nn.Module):
         self.up_full = nn.ConvTranspose3d(channels[0], width, kernel_size=patch, stride=patch, bias=False)
         self.decoder_full = UnetResBlock(3, width, width, kernel_size=3, stride=1, norm_name=norm_name)
         self.out = UnetOutBlock(spatial_dims=3, in_channels=width, out_channels=num_classes)
+        # decoder outputs: full resolution, then the grids of stages 0, 1, 2 (channels 2w, 4w, 8w)
+        self.deep_supervision = extra_heads(self.name, deep_supervision, 4)
+        self.ds_heads = output_heads(channels[:self.deep_supervision], num_classes, 3) \
+            if self.deep_supervision else None
         for module in [self.downsample, self.stages]:
             module.apply(_init_linear)
 
@@ -183,10 +192,12 @@ class UNETRPP(nn.Module):
         for down, stage in zip(self.downsample, self.stages):
             x = stage(down(x))
             skips.append(x)
+        decoded = []
         for up, decoder, skip in zip(self.up, self.decoders, reversed(skips[:3])):
             x = decoder(up(x) + skip)
+            decoded.append(x)
         x = self.decoder_full(self.up_full(x) + self.stem(x_in))
-        return self.out(x)
+        return supervised(self.out(x), decoded[::-1], self.ds_heads, self.training)
 
 
 def _init_linear(module: nn.Module) -> None:
