@@ -65,9 +65,9 @@ def largest_component(labels: np.ndarray) -> np.ndarray:
         components, count = ndimage.label(mask, structure=structure)
         if count <= 1:
             continue
-        sizes = np.bincount(components.ravel())[1:]
+        sizes = np.bincount(components[mask], minlength=count + 1)[1:]
         keep = np.flatnonzero(sizes == sizes.max()) + 1
-        drop = mask & ~np.isin(components, keep)
+        drop = mask & ~np.isin(components, keep) if len(keep) > 1 else mask & (components != keep[0])
         out[box][drop] = 0
     return out
 
