@@ -92,13 +92,16 @@ def comparable_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in container.items() if k not in VOLATILE_KEYS}
 
 
-def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS`, :data:`ADDED_SPLIT_DEFAULTS`,
-    :data:`ADDED_TOP_DEFAULTS` and :data:`ADDED_TEST_DEFAULTS` where it lacks them."""
-    config = {**config, **{k: v for k, v in ADDED_TOP_DEFAULTS.items() if k not in config}}
-    if isinstance(config.get("test"), dict):
+def with_added_defaults(config: dict[str, Any], new: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS` and :data:`ADDED_SPLIT_DEFAULTS`
+    where it lacks them, and :data:`ADDED_TOP_DEFAULTS` / :data:`ADDED_TEST_DEFAULTS` where it lacks them and
+    ``new`` (the config it is compared with) has them."""
+    new = new or {}
+    config = {**config, **{k: v for k, v in ADDED_TOP_DEFAULTS.items() if k not in config and k in new}}
+    if isinstance(config.get("test"), dict) and isinstance(new.get("test"), dict):
         test = config["test"]
-        config["test"] = {**test, **{k: v for k, v in ADDED_TEST_DEFAULTS.items() if k not in test}}
+        config["test"] = {**test, **{k: v for k, v in ADDED_TEST_DEFAULTS.items() if k not in test
+                                     and k in new["test"]}}
     data = config.get("data")
     if not isinstance(data, dict):
         return config
@@ -125,7 +128,8 @@ def _check_same_config(output_dir: Path, cfg: DictConfig, what: str) -> None:
         return  # a directory from before run.json existed: nothing to compare with
     from .trust import current_targets
 
-    changes = config_changes(with_added_defaults(current_targets(status["config"])), comparable_config(cfg))
+    new = comparable_config(cfg)
+    changes = config_changes(with_added_defaults(current_targets(status["config"]), new), new)
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise ConfigError(f"{output_dir} holds {what} with another config ({shown}); choose another run_name "
