@@ -31,6 +31,7 @@ from .losses.consistency import check_consistency, perturbation_consistency
 from .losses.deep_supervision import DeepSupervisionLoss
 from .metrics.results import CaseEvaluator
 from .models.inference import case_probabilities, check_inference, labels_at, sliding_window_logits
+from .postprocess import apply_postprocess, postprocessed_dir
 from .report.overlays import figure_to_rgb, overlay_figure
 from .runtime.nonfinite import LossWatch
 
@@ -100,8 +101,10 @@ class SegModule(pl.LightningModule):
         if self.scheduler_cfg.get("interval", "step") not in ("step", "epoch"):
             raise ConfigError(f"scheduler.interval must be step or epoch, got {self.scheduler_cfg['interval']!r}")
         metrics = dict(metrics or {})
+        # test.postprocess: none | largest_component (each case also scored after it: segbench.postprocess)
         self.evaluator = CaseEvaluator(self.class_names, metrics.get("convention", "default"),
-                                       metrics.get("nsd_tolerance_mm", 2.0))
+                                       metrics.get("nsd_tolerance_mm", 2.0),
+                                       postprocess=(test or {}).get("postprocess", "none"))
         report_convention = metrics.get("report_convention")
         if report_convention is not None and report_convention not in self.evaluator.conventions:
             raise ConfigError(f"metrics.report_convention={report_convention!r} is not scored by this run; choose "
@@ -261,31 +264,43 @@ class SegModule(pl.LightningModule):
     prediction_dir = None
 
     def on_test_epoch_start(self) -> None:
-        self.evaluator.rows.clear()
+        self.evaluator.clear()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Predict a whole test case, score it (``metrics.grid``) and write its label map on the scan's own grid.
 
         The class probabilities on the model's grid are brought to the grid that is scored, and (when
         ``data.target_spacing`` / ``target_shape`` resampled the case) to the scan's own grid for the
-        prediction file, before each argmax (:func:`~segbench.models.inference.labels_at`)."""
+        prediction file, before each argmax (:func:`~segbench.models.inference.labels_at`).
+
+        ``test.postprocess: largest_component``: the label maps are post-processed on the host
+        (:mod:`segbench.postprocess`) and scored a second time (``results/postprocessed/``); the
+        post-processed map is written to ``<prediction_dir>_postprocessed/`` beside the raw one."""
         planar = batch["image"].dim() == 4  # a 2D model's slices, or a whole 3D case
         probs = case_probabilities(self, batch["image"])
         original = batch.get("original")  # the scan's own grid, when the case was resampled (else None)
         at = {"resampled": labels_at(probs, batch["native_shape"], planar, self.slice_batch).cpu().numpy()}
         if original is not None:
             at["original"] = labels_at(probs, original.shape, planar, self.slice_batch).cpu().numpy()
-        if original is not None and self.grid == "original":
+        scored = "original" if original is not None and self.grid == "original" else "resampled"
+        written = "resampled" if original is None else "original"  # prediction files: on the scan's own grid
+        post = {}
+        if self.evaluator.postprocess != "none":
+            grids = {scored, written} if self.prediction_dir is not None else {scored}
+            post = {grid: apply_postprocess(at[grid], self.evaluator.postprocess) for grid in grids}
+        if scored == "original":
             self.evaluator.add_case(batch["case_id"], at["original"], original.label, original.spacing,
-                                    spacing_known=bool(batch.get("spacing_known", True)))
+                                    spacing_known=bool(batch.get("spacing_known", True)),
+                                    postprocessed=post.get("original"))
         else:
             self.evaluator.add_case(batch["case_id"], at["resampled"], np.asarray(batch["label"]), batch["spacing"],
-                                    spacing_known=bool(batch.get("spacing_known", True)))
+                                    spacing_known=bool(batch.get("spacing_known", True)),
+                                    postprocessed=post.get("resampled"))
         if self.prediction_dir is not None:
-            if original is None:
-                write_prediction(self.prediction_dir, batch["case_id"], at["resampled"], batch["affine"])
-            else:
-                write_prediction(self.prediction_dir, batch["case_id"], at["original"], original.affine)
+            affine = batch["affine"] if original is None else original.affine
+            write_prediction(self.prediction_dir, batch["case_id"], at[written], affine)
+            if post:
+                write_prediction(postprocessed_dir(self.prediction_dir), batch["case_id"], post[written], affine)
 
     def on_test_epoch_end(self) -> None:
         # under DDP each rank scored its share of the cases: every rank ends with all rows, once each
@@ -293,3 +308,5 @@ class SegModule(pl.LightningModule):
             from .runtime.distributed import gather_rows
 
             self.evaluator.rows[:] = gather_rows(self.evaluator.rows)
+            if self.evaluator.postprocessed is not None:
+                self.evaluator.postprocessed.rows[:] = gather_rows(self.evaluator.postprocessed.rows)

@@ -68,6 +68,11 @@ def pickled(tmp: Path) -> bytes:
     return (tmp / "p.ckpt").read_bytes()
 
 
+def torch_file_without_state_dict(tmp: Path) -> Path:
+    torch.save({"weights": torch.zeros(3)}, tmp / "plain.pt")
+    return tmp / "plain.pt"
+
+
 def synapse_with_list(tmp: Path, entry: str) -> Path:
     root = tmp / "synapse"
     (root / "train_npz").mkdir(parents=True)
@@ -137,6 +142,23 @@ CASES = [
     ("non-numeric device cache budget", "train", lambda t, p, s: ["debug=smoke", "data=phantom3d", "model=unet3d",
                                                                     "data.device_cache_gb=lots"],
      r"^data\.device_cache_gb='lots' is not a budget; pass auto"),
+    ("init_from not found", "train", lambda t, p, s: ["debug=smoke", f"init_from={t}/stage1"],
+     r"^init_from=.*/stage1 not found; pass init_from=<a run directory \(outputs/train/<run>\) or a checkpoint file "
+     r"\(<run>/checkpoints/last\.ckpt\)>$"),
+    ("init_from not a Lightning checkpoint", "train",
+     lambda t, p, s: ["debug=smoke", f"init_from={torch_file_without_state_dict(t)}"],
+     r"^init_from: checkpoint .*/plain\.pt is not a Lightning checkpoint \(no state_dict\); pass a file from a run's "
+     r"checkpoints/ folder$"),
+    ("init_from another model", "train", lambda t, p, s: ["debug=smoke", "model.width=8", f"init_from={s}"],
+     r"^init_from .*/checkpoints/best-epoch000\.ckpt: its model is UNet \(width 4\) with 9 classes, this run builds "
+     r"UNet \(width 8\) with 9 classes \(99 of another shape, e\.g\. net\.encoders\.0\.0\.weight \(4, 1, 3, 3\) vs "
+     r"\(8, 1, 3, 3\)\); init_from takes a run of this model, width and class list"),
+    ("init_from with ckpt_path", "train",
+     lambda t, p, s: ["debug=smoke", f"init_from={s}", f"ckpt_path={s}/checkpoints/last.ckpt"],
+     r"^init_from=.* and ckpt_path=.*/last\.ckpt are both set: ckpt_path continues a run's training state \(weights, "
+     r"optimiser, epoch\), init_from starts a new run from another run's weights only; pass one of them$"),
+    ("unknown test.postprocess", "train", lambda t, p, s: ["debug=smoke", "test.postprocess=biggest"],
+     r"^test\.postprocess='biggest' is unknown; choose none or largest_component"),
     ("corrupt checkpoint", "eval",
      lambda t, p, s: [f"ckpt_path={run_with_checkpoint(s, t, (s / 'checkpoints' / 'last.ckpt').read_bytes()[:5000])}"
                       "/checkpoints/last.ckpt"],

@@ -12,6 +12,19 @@ After testing, a run directory holds::
                                                      "mean_dsc", "mean_hd95", "per_class", "num_cases"}},
                             "config": {...}, ...}
 
+With ``test.postprocess: largest_component`` (:mod:`segbench.postprocess`) each case is scored twice: as
+predicted (the files above, unchanged) and after post-processing, into a ``postprocessed/`` folder beside them
+with the same contract::
+
+    results/postprocessed/per_case.csv    the post-processed label maps' rows, same columns
+    results/postprocessed/summary.json    their summary, same keys, plus "postprocess": {"method",
+                                          "description", "raw": "../summary.json"}
+
+and the raw ``summary.json`` points to them: ``"postprocessed": {"method", "description", "summary":
+"postprocessed/summary.json", "per_case": "postprocessed/per_case.csv", "convention", "hd_unit", "mean_dsc",
+"mean_hd95"}`` (paths relative to the folder of that ``summary.json``). Without post-processing neither the
+folder nor the key exists, and the raw files are what they were before the option existed.
+
 Every test pass scores each case under BOTH :data:`SCORED_CONVENTIONS` (``default``: mm, MONAI's
 per-direction HD95; ``transunet``: the Synapse literature's medpy HD95 in voxels with TransUNet's
 empty-mask shortcuts) and, when it is a third one, the run's ``metrics.convention`` (e.g. ``medpy``).
@@ -49,6 +62,8 @@ CSV_FIELDS = ("case", "organ", "label", *METRIC_KEYS, "gt_voxels", "pred_voxels"
               "hd_unit")
 #: the conventions every test pass scores, whatever ``metrics.convention`` is
 SCORED_CONVENTIONS = ("default", "transunet")
+#: where the post-processed scores go, inside the folder of the raw ``per_case.csv`` / ``summary.json``
+POSTPROCESSED = "postprocessed"
 
 
 def scored_conventions(primary: str) -> list[str]:
@@ -73,9 +88,14 @@ class CaseEvaluator:
             the top-level numbers of the summary. Every case is also scored under
             :data:`SCORED_CONVENTIONS` (:func:`scored_conventions`).
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        postprocess: ``none`` or ``largest_component`` (``test.postprocess``, :mod:`segbench.postprocess`): each
+            case is also scored after post-processing, by :attr:`postprocessed` (an evaluator of the same
+            settings), and :meth:`write` writes those scores into ``<results>/postprocessed/``.
     """
 
-    def __init__(self, class_names: Sequence[str], convention: str = "default", nsd_tolerance_mm: float = 2.0):
+    def __init__(self, class_names: Sequence[str], convention: str = "default", nsd_tolerance_mm: float = 2.0,
+                 postprocess: str = "none"):
+        from ..postprocess import check_postprocess
         from . import CONVENTIONS
 
         if convention not in CONVENTIONS:
@@ -88,12 +108,28 @@ class CaseEvaluator:
         self.conventions = scored_conventions(convention)
         self.nsd_tolerance_mm = float(nsd_tolerance_mm)
         self.rows: list[dict[str, Any]] = []
+        self.postprocess = check_postprocess(postprocess)
+        #: the same cases after post-processing, scored alike (None: ``postprocess: none``)
+        self.postprocessed: CaseEvaluator | None = None
+        if self.postprocess != "none":
+            self.postprocessed = CaseEvaluator(class_names, convention, nsd_tolerance_mm)
 
     def add_case(self, case_id: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
-                 spacing_known: bool = True) -> list[dict]:
+                 spacing_known: bool = True, postprocessed: np.ndarray | None = None) -> list[dict]:
         """Score one case (integer label maps of equal shape) under every convention; returns and stores its
         rows (one per organ and convention). ``spacing_known=False``: ``spacing`` is a stand-in (the data carry
-        none), so every distance is labelled ``voxels``."""
+        none), so every distance is labelled ``voxels``. With post-processing, the post-processed map
+        (``postprocessed``, else computed here from ``pred``) is scored into :attr:`postprocessed` as well."""
+        if self.postprocessed is not None:
+            from ..postprocess import apply_postprocess
+
+            if postprocessed is None:
+                postprocessed = apply_postprocess(pred, self.postprocess)
+            self.postprocessed.add_case(case_id, postprocessed, gt, spacing, spacing_known)
+        return self._score(case_id, pred, gt, spacing, spacing_known)
+
+    def _score(self, case_id: str, pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float],
+               spacing_known: bool) -> list[dict]:
         from . import evaluate_case_conventions
 
         scores = evaluate_case_conventions(pred, gt, spacing, self.labels, self.conventions,
@@ -118,7 +154,15 @@ class CaseEvaluator:
 
         fresh = copy.copy(self)
         fresh.rows = []
+        if self.postprocessed is not None:
+            fresh.postprocessed = self.postprocessed.empty_copy()
         return fresh
+
+    def clear(self) -> None:
+        """Forget every case scored so far (the post-processed ones too)."""
+        self.rows.clear()
+        if self.postprocessed is not None:
+            self.postprocessed.rows.clear()
 
     def summary(self) -> dict[str, Any]:
         """The primary convention's summary at the top level, every convention's in ``by_convention``."""
@@ -128,8 +172,19 @@ class CaseEvaluator:
                 "by_convention": by_convention}
 
     def write(self, results_dir: Path, config: dict | None = None, extra: dict | None = None) -> dict[str, Any]:
-        """Write ``per_case.csv`` and ``summary.json`` into ``results_dir``; return the summary."""
+        """Write ``per_case.csv`` and ``summary.json`` into ``results_dir``; return the summary. With
+        post-processing, ``results_dir/postprocessed/`` first (``summary.json`` last: it marks a run finished)."""
         results_dir = Path(results_dir)
+        post = None
+        if self.postprocessed is not None:
+            from ..postprocess import DESCRIPTIONS
+
+            method = {"method": self.postprocess, "description": DESCRIPTIONS[self.postprocess]}
+            written = self.postprocessed.write(results_dir / POSTPROCESSED, config=config,
+                                               extra={**(extra or {}), "postprocess": {**method,
+                                                                                       "raw": "../summary.json"}})
+            post = {**method, "summary": f"{POSTPROCESSED}/summary.json", "per_case": f"{POSTPROCESSED}/per_case.csv",
+                    **{k: written[k] for k in ("convention", "hd_unit", "mean_dsc", "mean_hd95")}}
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
         writer.writeheader()
@@ -140,6 +195,8 @@ class CaseEvaluator:
         summary = self.summary()
         if extra:
             summary.update(extra)
+        if post is not None:
+            summary["postprocessed"] = post
         summary["config"] = config or {}
         atomic_write_text(results_dir / "per_case.csv", buf.getvalue())
         atomic_write_text(results_dir / "summary.json", json.dumps(_json_safe(summary), indent=2))
@@ -210,6 +267,11 @@ def format_table(summary: dict[str, Any]) -> str:
         if name != summary["convention"]:
             lines.append(f"also scored, convention {name}: mean DSC {_fmt(other['mean_dsc'], 100)} %, "
                          f"mean HD95 {_fmt(other['mean_hd95'], 1)} {other['hd_unit']}")
+    post = summary.get("postprocessed")
+    if isinstance(post, dict):
+        lines.append(f"post-processed ({post['method']}), convention {post['convention']}: mean DSC "
+                     f"{_fmt(post['mean_dsc'], 100)} %, mean HD95 {_fmt(post['mean_hd95'], 1)} {post['hd_unit']} "
+                     f"({post['summary']})")
     return "\n".join(lines)
 
 

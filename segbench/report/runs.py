@@ -247,12 +247,18 @@ def report_convention(run: Run) -> str | None:
     return None if value is None else str(value)
 
 
-def load_run(path: Path, convention: str | None = None) -> Run:
+#: where a run's post-processed test scores are (``test.postprocess``; :mod:`segbench.metrics.results`)
+POSTPROCESSED_RESULTS = "results/postprocessed"
+
+
+def load_run(path: Path, convention: str | None = None, postprocessed: bool = False) -> Run:
     """Read one run directory (a failed job comes back with ``error`` set, not as an exception).
 
     ``Run.per_case`` holds the rows of ``convention``, else of the run's :func:`report_convention`
     (a single-convention file: its one convention); a run without rows of that convention is a
     :class:`ReportError` (:func:`load_runs` drops such runs when a convention is asked for).
+    ``postprocessed``: the scores of the post-processed predictions (``results/postprocessed/``) instead of
+    the raw ones; a finished run without them is a :class:`ReportError`.
     """
     run = Run(path=Path(path))
     hydra_cfg = path / ".hydra" / "config.yaml"
@@ -261,15 +267,21 @@ def load_run(path: Path, convention: str | None = None) -> Run:
     overrides = path / ".hydra" / "overrides.yaml"
     if overrides.is_file():
         run.overrides = [str(o) for o in (_read_yaml(overrides) or [])]
-    summary_path = path / "results" / "summary.json"
+    results = path / (POSTPROCESSED_RESULTS if postprocessed else "results")
+    summary_path = results / "summary.json"
     error_path = path / "results" / "error.json"
+    if postprocessed and not summary_path.is_file() and (path / "results" / "summary.json").is_file():
+        raise ReportError(f"--postprocessed: {path} has no post-processed scores ({POSTPROCESSED_RESULTS}/"
+                          "summary.json: it was tested with test.postprocess=none); score it with segbench-eval "
+                          "ckpt_path=<its checkpoint> test.postprocess=largest_component and table that, or leave "
+                          "out --postprocessed")
     if summary_path.is_file():
         run.summary = _read_json(summary_path)
         if not isinstance(run.summary, dict):
             raise ReportError(f"corrupt summary.json: {summary_path}: not a JSON object")
         if run.summary.get("config"):
             run.config = run.summary["config"]  # resolved: preferred over .hydra/config.yaml
-        run.per_case_all = read_all_conventions(path / "results" / "per_case.csv")
+        run.per_case_all = read_all_conventions(results / "per_case.csv")
         held = run.conventions
         wanted = convention or report_convention(run)
         if convention is None and (wanted is None or wanted not in held) and len(held) == 1:
@@ -294,13 +306,14 @@ def load_run(path: Path, convention: str | None = None) -> Run:
     return run
 
 
-def load_runs(paths: Iterable[str | Path], convention: str | None = None) -> list[Run]:
+def load_runs(paths: Iterable[str | Path], convention: str | None = None, postprocessed: bool = False) -> list[Run]:
     """Find and load every run below ``paths``, each showing ONE convention's rows: ``convention``
-    (runs that did not score it are left out), else each run's :func:`report_convention`."""
+    (runs that did not score it are left out), else each run's :func:`report_convention`; ``postprocessed``:
+    the scores of their post-processed predictions (:func:`load_run`)."""
     runs = []
     for path in find_run_dirs(paths):
         try:
-            runs.append(load_run(path, convention))
+            runs.append(load_run(path, convention, postprocessed))
         except ReportError as exc:
             if convention is None or "holds no rows of convention" not in str(exc):
                 raise

@@ -14,6 +14,8 @@ defaults differ are refused (exit 2: pass ``--convention``). ``--column-group da
 the runs out side by side, one group of columns per dataset (the paper's Tables 3-5).
 A failed job (``results/error.json``) is listed as a failed row, never dropped. ``--cv`` pools the fold
 runs of each k-fold cross-validation into one run of their validation cases (:mod:`segbench.report.cv`).
+``--postprocessed`` shows the scores of the runs' post-processed predictions (``results/postprocessed/``,
+``test.postprocess``) instead of the raw ones.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class Table:
     column_group: str | None = None                     # the config key whose values are the column groups
     groups: list[str | None] = field(default_factory=lambda: [None])
     cv: str | None = None       # --cv: "5-fold CV, 18 cases" (rows are pooled cross-validations)
+    postprocessed: str | None = None  # --postprocessed: the post-processing the runs' scores are after
 
     def group_columns(self, group: str | None) -> list[Column]:
         return [c for c in self.columns if c.group == group]
@@ -334,6 +337,8 @@ def default_caption(table: Table) -> str:
         where = " in each column group" if table.column_group is not None else ""
         what = "pooled cross-validations (seeds)" if table.cv is not None else "runs"
         parts.append(f"Mean ± sample std (ddof=1) over the {n_text} {what} of each row{where}.")
+    if table.postprocessed is not None:
+        parts.append(f"Scores of the post-processed test predictions (test.postprocess={table.postprocessed}).")
     parts.append(f"Means: over cases per organ (excluded cases dropped), then over {table.mean_organs}.")
     if table.baseline is not None:
         within = " within each column group" if table.column_group is not None else ""
@@ -557,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  segbench-table outputs/multirun/<date> --group-by loss.name --group-by loss.gamma \\\n"
                "      --organs paper-table1 --metric dsc,hd95 --out reports/table1\n"
                "  segbench-table outputs/multirun/<date> --cv          # k-fold CV: one pooled row per sweep\n"
+               "  segbench-table outputs/multirun/<date> --postprocessed   # after test.postprocess=largest_component\n"
                "exit status: 0 ok (failed jobs are listed as rows), 2 unusable input (one-line error)")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                         help="run directories, Hydra multirun sweep dirs (expanded to their jobs) or any dir "
@@ -600,6 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --cv: score the fixed test split with each cross-validation's fold ensemble (the "
                              "fold models' softmax averaged), written to <sweep>/cv_ensemble/ and reused; one row "
                              "per cross-validation")
+    parser.add_argument("--postprocessed", action="store_true",
+                        help="the scores of the post-processed test predictions (results/postprocessed/, written by "
+                             "runs with test.postprocess=largest_component) instead of the raw ones; a run without "
+                             "them is refused")
     parser.add_argument("--caption", default=None, help="replace the generated caption")
     parser.add_argument("--label", default="tab:segbench", help="LaTeX \\label (default tab:segbench)")
     parser.add_argument("--out", default="outputs/report", metavar="DIR",
@@ -608,7 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def make_table(args: argparse.Namespace, warn) -> Table:
-    runs = load_runs(args.run_dirs, convention=args.convention)
+    postprocessed = getattr(args, "postprocessed", False)
+    if postprocessed and getattr(args, "cv", False):
+        raise ReportError("--postprocessed does not combine with --cv yet (the pooled folds read results/cv/); "
+                          "leave out one of them")
+    runs = load_runs(args.run_dirs, convention=args.convention, postprocessed=postprocessed)
     for run in runs:
         for problem in summary_mismatches(run):
             warn(f"{run.path}: summary.json disagrees with per_case.csv ({problem}); the table uses per_case.csv")
@@ -630,6 +644,11 @@ def make_table(args: argparse.Namespace, warn) -> Table:
         from .cv import cv_text
 
         table.cv = cv_text(runs)
+        table.caption = default_caption(table)
+    if postprocessed:
+        methods = sorted({str((r.summary.get("postprocess") or {}).get("method", "?"))
+                          for r in runs if not r.failed and r.summary})
+        table.postprocessed = ", ".join(methods) or "?"
         table.caption = default_caption(table)
     if args.caption:
         table.caption = args.caption

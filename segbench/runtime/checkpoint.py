@@ -72,26 +72,31 @@ def check_training_checkpoint(path: str | Path) -> str | None:
     return None
 
 
-def check_matches(checkpoint: dict[str, Any], module, path: str | Path) -> None:
-    """Refuse a checkpoint whose weights do not fit ``module`` (another network or width), in one line."""
+def weight_differences(own: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list[str]:
+    """Why the state dict ``theirs`` does not fit ``own``, as short phrases (``[]``: every key and shape fits);
+    ``prefix`` is put before the keys named (``net.``)."""
     import torch
 
-    own = module.state_dict()
-    theirs = checkpoint["state_dict"]
     missing = [k for k in own if k not in theirs]
     unexpected = [k for k in theirs if k not in own]
     shapes = [k for k in own if k in theirs and isinstance(theirs[k], torch.Tensor)
               and tuple(theirs[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} weight(s) missing, e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unknown weight(s), e.g. {unexpected[0]}")
-        if shapes:
-            key = shapes[0]
-            parts.append(f"{len(shapes)} of another shape, e.g. {key} {tuple(theirs[key].shape)} vs "
-                         f"{tuple(own[key].shape)}")
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weight(s) missing, e.g. {prefix}{missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unknown weight(s), e.g. {prefix}{unexpected[0]}")
+    if shapes:
+        key = shapes[0]
+        parts.append(f"{len(shapes)} of another shape, e.g. {prefix}{key} {tuple(theirs[key].shape)} vs "
+                     f"{tuple(own[key].shape)}")
+    return parts
+
+
+def check_matches(checkpoint: dict[str, Any], module, path: str | Path) -> None:
+    """Refuse a checkpoint whose weights do not fit ``module`` (another network or width), in one line."""
+    parts = weight_differences(module.state_dict(), checkpoint["state_dict"])
+    if parts:
         raise CheckpointError(f"checkpoint {path} was trained with another model than this config builds "
                               f"({'; '.join(parts)}); pass the config of the run it comes from")
 

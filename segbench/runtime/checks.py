@@ -10,6 +10,8 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError, output_dir_problem
+from ..postprocess import check_postprocess
+from .init_from import check_init_from
 
 #: what segbench-eval needs, said in one line when it is missing
 NO_CHECKPOINT = "no checkpoint given: pass ckpt_path=<run>/checkpoints/last.ckpt (or best-*.ckpt)"
@@ -27,6 +29,8 @@ def check_run_config(cfg: DictConfig, output_dir: Path) -> None:
         raise ConfigError(f"data.root not set for data={cfg.data.name}: pass {root_hint}")
     check_schedule(cfg)
     test_checkpoint(cfg)
+    check_postprocess(cfg.test.get("postprocess", "none"))
+    check_init_from(cfg)
     problem = output_dir_problem(output_dir)
     if problem is not None:
         raise ConfigError(problem)

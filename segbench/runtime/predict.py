@@ -399,6 +399,9 @@ def predict_task(cfg: DictConfig) -> int:
     if not isinstance(cfg.tta, bool) or not isinstance(cfg.save_probabilities, bool):
         raise ConfigError(f"tta and save_probabilities are true or false, got tta={cfg.tta!r} "
                           f"save_probabilities={cfg.save_probabilities!r}")
+    from ..postprocess import apply_postprocess, check_postprocess
+
+    postprocess = check_postprocess(cfg.get("postprocess", "none"), key="postprocess")
     device = resolve_device(str(cfg.device))
     scans = find_scans(cfg.input)
     members = [load_member(r, cfg.paths, device, str(cfg.checkpoint), cfg.get("trusted_modules") or ())
@@ -409,13 +412,15 @@ def predict_task(cfg: DictConfig) -> int:
     names = list(members[0].datamodule.class_names)
     what = f"an ensemble of {len(members)} runs" if len(members) > 1 else str(members[0].checkpoint)
     print(f"segbench-predict: {len(scans)} case(s) from {cfg.input} with {what}"
-          f"{', test-time flips' if cfg.tta else ''} -> {output}")
+          f"{', test-time flips' if cfg.tta else ''}"
+          f"{', largest connected component per organ' if postprocess == 'largest_component' else ''} -> {output}")
     start, failed = time.time(), []
     for i, scan in enumerate(scans, 1):
         t0 = time.time()
         try:
             vol = read_scan(scan)
             prediction = predict_volume(members, vol, tta=cfg.tta, probabilities=cfg.save_probabilities)
+            prediction.labels = apply_postprocess(prediction.labels, postprocess)  # the probabilities stay raw
             path = write_case(output, scan.case_id, prediction, vol.affine, names)
         except SegbenchError as exc:
             failed.append(scan.case_id)

@@ -5,6 +5,7 @@ as it goes, so a listing of a sweep directory shows what finished::
 
     {"status": "running" | "done" | "failed" | "interrupted", "attempt": 2, "epoch": 41,
      "started": "...", "updated": "...", "host": "...", "pid": 1234, "resumed_from": ".../last.ckpt",
+     "init_from": ".../stage1/checkpoints/best-epoch041.ckpt",   # whose network weights it started from
      "devices": {"CUDA_VISIBLE_DEVICES": "1", "slot": 1},   # what the job was given (hydra/launcher=gpus)
      "overrides": ["loss=afw_dice", "seed=2"], "mean_dsc": 0.79, "error": "...", "wall_time_s": 812.4,
      "config": {...}}            # the unresolved config of the first attempt
@@ -48,6 +49,9 @@ VOLATILE_KEYS = ("run_name", "paths", "num_threads", "resume", "ckpt_path", "opt
 ADDED_DATA_DEFAULTS = {"pipeline": "auto", "device_cache_gb": "auto"}
 #: the same for keys added to ``data.split`` (k-fold cross-validation, off: :mod:`segbench.data.folds`)
 ADDED_SPLIT_DEFAULTS = {"folds": None, "fold": None, "fold_seed": 12345}
+#: the same for top-level keys (``init_from``: :mod:`segbench.runtime.init_from`) and keys of ``test``
+ADDED_TOP_DEFAULTS = {"init_from": None}
+ADDED_TEST_DEFAULTS = {"postprocess": "none"}
 
 
 def _now() -> str:
@@ -88,9 +92,16 @@ def comparable_config(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in container.items() if k not in VOLATILE_KEYS}
 
 
-def with_added_defaults(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS` and
-    :data:`ADDED_SPLIT_DEFAULTS` where it lacks them."""
+def with_added_defaults(config: dict[str, Any], new: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``config`` (a run directory's, as written) with :data:`ADDED_DATA_DEFAULTS` and :data:`ADDED_SPLIT_DEFAULTS`
+    where it lacks them, and :data:`ADDED_TOP_DEFAULTS` / :data:`ADDED_TEST_DEFAULTS` where it lacks them and
+    ``new`` (the config it is compared with) has them."""
+    new = new or {}
+    config = {**config, **{k: v for k, v in ADDED_TOP_DEFAULTS.items() if k not in config and k in new}}
+    if isinstance(config.get("test"), dict) and isinstance(new.get("test"), dict):
+        test = config["test"]
+        config["test"] = {**test, **{k: v for k, v in ADDED_TEST_DEFAULTS.items() if k not in test
+                                     and k in new["test"]}}
     data = config.get("data")
     if not isinstance(data, dict):
         return config
@@ -117,7 +128,8 @@ def _check_same_config(output_dir: Path, cfg: DictConfig, what: str) -> None:
         return  # a directory from before run.json existed: nothing to compare with
     from .trust import current_targets
 
-    changes = config_changes(with_added_defaults(current_targets(status["config"])), comparable_config(cfg))
+    new = comparable_config(cfg)
+    changes = config_changes(with_added_defaults(current_targets(status["config"]), new), new)
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise ConfigError(f"{output_dir} holds {what} with another config ({shown}); choose another run_name "
@@ -165,10 +177,12 @@ def resume_checkpoint(output_dir: Path, cfg: DictConfig) -> Path | None:
     return None
 
 
-def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resumed_from: Path | None) -> None:
+def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resumed_from: Path | None,
+          init_from: Path | None = None) -> None:
     """Record an attempt's start (status ``running``) and clear what an earlier attempt left that no longer
     holds: its error, and -- when this attempt starts from scratch (``resume=false``) -- its last checkpoint
-    and results, so that neither a later resume nor a report can pick them up."""
+    and results, so that neither a later resume nor a report can pick them up. ``init_from``: the checkpoint
+    whose network weights a fresh attempt starts from (``init_from``; kept by the attempts that resume)."""
     previous = read_status(output_dir) or {}
     left_over = [ERROR] if resumed_from else [ERROR, LAST_CHECKPOINT, SUMMARY, Path("results") / "per_case.csv"]
     for path in left_over:
@@ -182,6 +196,8 @@ def start(output_dir: Path, cfg: DictConfig, overrides: list[str] | None, resume
                               "resumed_from": str(resumed_from) if resumed_from else None, "epoch": None}
     if fresh:
         fields.update(started=_now(), overrides=overrides, config=comparable_config(cfg))
+    if resumed_from is None:
+        fields["init_from"] = str(init_from) if init_from else None
     for key in ("error", "mean_dsc", "wall_time_s"):
         previous.pop(key, None)
     atomic_write_text(Path(output_dir) / RUN_FILE, json.dumps({**previous, **fields, "updated": _now()},

@@ -80,10 +80,20 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         if problem:
             raise CheckpointError(problem)
         check_matches(load_checkpoint(resume_from), module, resume_from)
+    init_from = init_line = None
+    if cfg.get("init_from") and not resume_from:  # another run's network weights; a resumed run has its own
+        from .init_from import load_initial_weights, resolve
+
+        init_from = resolve(cfg.init_from)
+        init_line = load_initial_weights(init_from, module, cfg)
     if main_rank:
-        rundir.start(output_dir, cfg, overrides, resume_from)
+        rundir.start(output_dir, cfg, overrides, resume_from, init_from=init_from)
     if resume_from:
-        print(f"resuming from {resume_from}")
+        print(f"resuming from {resume_from}" + (f" (the run started from init_from={cfg.init_from}; its own "
+                                                "checkpoint is continued, init_from is not read again)"
+                                                if cfg.get("init_from") else ""))
+    if init_line and main_rank:
+        report(init_line)
     datamodule.prepare_data()
     datamodule.setup("fit")
     # pre-flight: every case of every split read and checked before the first step (segbench.data)
@@ -114,6 +124,9 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         "run": {"output_dir": str(output_dir), "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
                 "device": device_description(), "wall_time_s": round(time.time() - start, 1),
                 "world_size": trainer.world_size, "resumed_from": str(resume_from) if resume_from else None,
+                # the checkpoint whose network weights the run started from (init_from), also when it resumed since
+                "init_from": str(init_from) if init_from else (rundir.read_status(output_dir) or {}).get("init_from")
+                if cfg.get("init_from") else None,
                 "best_val_dice": float(best_val) if best_val is not None else None,
                 "checkpoint": ckpt and getattr(trainer.checkpoint_callback, "best_model_path", None),
                 "tested": "best validation epoch" if ckpt else
