@@ -414,3 +414,27 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(phantom_dir, tmp_path
     assert per_case[0] == per_case[1]
     summary = json.loads((run_dir / "results" / "summary.json").read_text())
     assert summary["config"]["data"]["class_aware_sampling"] == {"fraction": 0.5, "classes": "rare"}
+
+
+# -- the study -----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # 4 smoke trainings, 2 at a time (130 s on 2 cores shared with other work)
+def test_the_sampling_study_writes_its_table(phantom_dir, tmp_path):
+    """``scripts/sampling_study.py --smoke``: the study's pipeline end to end on one seed (the full study is 12
+    runs at the phantom study's budget, about 35 minutes): the runs, the table, the CSV, the per-organ table."""
+    study = Path(__file__).resolve().parents[1] / "scripts" / "sampling_study.py"
+    doc = tmp_path / "doc" / "sampling_study.md"
+    doc.parent.mkdir()
+    proc = script(study, "--smoke", "--seeds", "1", "--runs-dir", str(tmp_path / "runs"), "--doc", str(doc),
+                  "--data-dir", str(phantom_dir))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = doc.read_text()
+    rows = [line for line in text.splitlines() if line.startswith(("| ce_dice |", "| afw_dice |"))]
+    assert [r.split(" | ")[1] for r in rows] == ["off", "on (0.33, rare)"] * 2
+    assert "## What it can and cannot say" in text and "python scripts/sampling_study.py --smoke" in text
+    table = (tmp_path / "doc" / "sampling_study" / "runs.csv").read_text().splitlines()
+    assert table[0].startswith("loss,sampling,seed,gallbladder_dsc,mean_dsc") and len(table) == 5
+    assert (tmp_path / "doc" / "sampling_study" / "organs" / "table.md").is_file()
+    logs = {name: (tmp_path / "runs" / "sampling" / f"{name}.log").read_text()
+            for name in ("ce_dice_on_seed1", "ce_dice_off_seed1")}
+    assert "class-aware sampling (fraction=0.33, classes=rare)" in logs["ce_dice_on_seed1"]
+    assert "class-aware sampling" not in logs["ce_dice_off_seed1"]

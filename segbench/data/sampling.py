@@ -81,6 +81,10 @@ class ClassAwareSampling:
         key = "data.class_aware_sampling"
         if value is None:
             return None
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(value):   # instantiated without _convert_ (a DictConfig)
+            value = OmegaConf.to_container(value, resolve=True)
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping {{fraction: <share of each batch in [0, 1]>, classes: "
                               f"uniform | rare | [class names]}}, got {value!r}")
@@ -122,6 +126,10 @@ def parse_classes(value: Any, class_names: Sequence[str]) -> str | tuple[int, ..
     key = "data.class_aware_sampling.classes"
     if isinstance(value, str) and value in CLASS_CHOICES:
         return value
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
     entries = list(value) if isinstance(value, (list, tuple)) else [value]
     if not entries:
         raise ConfigError(f"{key} is an empty list; name classes (e.g. [{class_names[-1]}]), or choose uniform or "
