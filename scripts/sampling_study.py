@@ -16,8 +16,9 @@ deterministic on a CPU, so the same command gives the same numbers.
 The document's table is computed from the runs' ``results/per_case.csv`` (the ``default`` convention): per loss
 and sampling, the gallbladder's test DSC per seed and their mean, how many seeds learned it (mean test DSC of
 the gallbladder of at least :data:`LEARNED_DSC`), and the mean DSC over the 8 organs; ``segbench-table`` adds
-the per-organ table (mean ± std over seeds). Not part of CI (about 35 min on a 2-core CPU with nothing else
-running; the first run on a machine also generates and preprocesses the phantom, about 3.4 min).
+the per-organ table (mean ± std over seeds). Not part of CI: one run takes about 4.5 CPU minutes (measured: 4.4
+for ``sampling/afw_dice_on_seed1``), so the 12 take about 30 min on a 2-core CPU with nothing else running; the
+first run on a machine also generates and preprocesses the phantom (about 3.4 min).
 """
 
 from __future__ import annotations

@@ -420,7 +420,7 @@ def test_a_killed_run_resumes_to_the_uninterrupted_weights(phantom_dir, tmp_path
 @pytest.mark.slow  # 4 smoke trainings, 2 at a time (130 s on 2 cores shared with other work)
 def test_the_sampling_study_writes_its_table(phantom_dir, tmp_path):
     """``scripts/sampling_study.py --smoke``: the study's pipeline end to end on one seed (the full study is 12
-    runs at the phantom study's budget, about 35 minutes): the runs, the table, the CSV, the per-organ table."""
+    runs at the phantom study's budget, about 30 minutes): the runs, the table, the CSV, the per-organ table."""
     study = Path(__file__).resolve().parents[1] / "scripts" / "sampling_study.py"
     doc = tmp_path / "doc" / "sampling_study.md"
     doc.parent.mkdir()
