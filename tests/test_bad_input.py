@@ -159,6 +159,19 @@ CASES = [
      r"optimiser, epoch\), init_from starts a new run from another run's weights only; pass one of them$"),
     ("unknown test.postprocess", "train", lambda t, p, s: ["debug=smoke", "test.postprocess=biggest"],
      r"^test\.postprocess='biggest' is unknown; choose none or largest_component"),
+    ("class-aware fraction over 1", "train", lambda t, p, s: ["debug=smoke", "data.class_aware_sampling.fraction=1.5"],
+     r"^data\.class_aware_sampling\.fraction must be a number in \[0, 1\] \(the share of each training batch drawn "
+     r"around a chosen class; 0: off\), got 1\.5$"),
+    ("class-aware unknown class", "train",
+     lambda t, p, s: ["debug=smoke", "data.class_aware_sampling.fraction=0.3",
+                      "data.class_aware_sampling.classes=[galbladder]"],
+     r"^data\.class_aware_sampling\.classes names 'galbladder', which is not a class of data\.class_names \(spleen, "),
+    ("class-aware class absent from training", "train",
+     lambda t, p, s: ["debug=smoke", "data=nifti_folder", f"data.root={blobs(t / 'ds')}", "data.num_classes=4",
+                      "data.class_names=[bg,a,b,c]", "data.class_aware_sampling.fraction=0.3",
+                      "data.class_aware_sampling.classes=[c]"],
+     r"^data\.class_aware_sampling\.classes names c \(id 3\), which no training slice holds; drop it, or choose "
+     r"uniform or rare"),
     ("corrupt checkpoint", "eval",
      lambda t, p, s: [f"ckpt_path={run_with_checkpoint(s, t, (s / 'checkpoints' / 'last.ckpt').read_bytes()[:5000])}"
                       "/checkpoints/last.ckpt"],

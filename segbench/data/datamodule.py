@@ -32,6 +32,7 @@ from .device import MARK, SlicePath, check_device_cache_gb, check_pipeline, reso
 from .folds import FOLD_KEYS, check_fold_options, cross_validation_split
 from .loader import check_loader_options, check_num_workers, loader_options, training_device
 from .preprocess import check_target_spacing, resample_volume
+from .sampling import ClassAwarePlan, ClassAwareSampler, ClassAwareSampling, SliceClassIndex
 from .volume import CaseRef, Grid, Volume, to_canonical
 
 log = logging.getLogger("segbench.data")
@@ -296,7 +297,8 @@ class CaseDataModule(pl.LightningDataModule):
                  num_classes: int | None, name: str, cache_dir: str | None,
                  target_spacing: Sequence[float | None] | None, precompute_loss_maps: bool = False,
                  num_workers: int | str = "auto", pin_memory: bool | str = "auto", prefetch_factor: int = 4,
-                 nonfinite_fill: float | None = None, pipeline: str = "auto", device_cache_gb: str | float = "auto"):
+                 nonfinite_fill: float | None = None, pipeline: str = "auto", device_cache_gb: str | float = "auto",
+                 class_aware_sampling: dict[str, Any] | None = None):
         super().__init__()
         self.pipeline = check_pipeline(pipeline)
         self.device_cache_gb = check_device_cache_gb(device_cache_gb)
@@ -324,6 +326,9 @@ class CaseDataModule(pl.LightningDataModule):
         if self.num_classes != len(self.class_names):
             raise ConfigError(f"data.num_classes={self.num_classes} but data.class_names has "
                               f"{len(self.class_names)} names; make them agree")
+        # data.class_aware_sampling (segbench.data.sampling): None when off (fraction 0), the loaders then as without it
+        self.class_aware = ClassAwareSampling.from_config(class_aware_sampling, self.class_names)
+        self.class_index = None   # where each class is in the training set: built at setup when class_aware
         if len(window) != 2 or not float(window[0]) < float(window[1]):
             raise ConfigError(f"data.window must be [low, high] with low < high, got {list(window)}")
         self.split_spec = dict(split)
@@ -515,6 +520,23 @@ class CaseDataModule(pl.LightningDataModule):
             log.info("%s: preprocessed %d %s case(s) into %s", self.name, self.cache.builds - builds, part,
                      self.cache.root)
 
+    # -- class-aware sampling (data.class_aware_sampling; segbench.data.sampling) ----------------------------------
+    def class_aware_plan(self) -> ClassAwarePlan | None:
+        """The training batches' class-aware plan (``None`` when off), from the class index built at setup."""
+        if self.class_aware is None:
+            return None
+        return ClassAwarePlan(self.class_aware, self.class_index)
+
+    def _log_class_index(self) -> None:
+        if self.trainer is None or int(self.trainer.global_rank) == 0:
+            log.info("%s: %s", self.name, self.class_index.describe())
+
+    def class_aware_sampler(self, n: int) -> ClassAwareSampler:
+        """The loader path's training sampler with class-aware sampling over ``n`` training items."""
+        _, rank, world = _trainer_placement(self.trainer)
+        seed = self.seed if self.seed is not None else int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return ClassAwareSampler(n, self.batch_size, n > self.batch_size, self.class_aware_plan(), seed, rank, world)
+
     def train_loader_options(self) -> dict[str, Any]:
         """The training loader's workers, pinning, prefetch and worker seeding for the attached trainer."""
         return loader_options(self.num_workers, self.pin_memory, self.prefetch_factor, self.trainer)
@@ -594,6 +616,9 @@ class SegDataModule(CaseDataModule):
         pipeline: ``auto`` | ``device`` | ``loader``: where training batches are cut and augmented
             (:mod:`segbench.data.device`; ``auto``: on the device on CUDA, in the loader elsewhere).
         device_cache_gb: ``auto`` | GB: how much of the training device the device path may fill with data.
+        class_aware_sampling: ``{fraction, classes}``: ``fraction`` of each training batch (0: off) are slices
+            holding a class drawn by ``classes`` (``uniform``, ``rare`` or a list of class names / ids)
+            (:mod:`segbench.data.sampling`).
         root, phantom: read by the source config through interpolation (``${data.root}``);
             accepted here so that the data config stays one flat group.
     """
@@ -607,10 +632,11 @@ class SegDataModule(CaseDataModule):
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,
                  target_spacing: Sequence[float | None] | None = None, precompute_loss_maps: bool = False,
                  pin_memory: bool | str = "auto", prefetch_factor: int = 4, nonfinite_fill: float | None = None,
-                 pipeline: str = "auto", device_cache_gb: str | float = "auto"):
+                 pipeline: str = "auto", device_cache_gb: str | float = "auto",
+                 class_aware_sampling: dict[str, Any] | None = None):
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
                          precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill, pipeline,
-                         device_cache_gb)
+                         device_cache_gb, class_aware_sampling)
         if int(img_size) < 16:
             raise ConfigError(f"data.img_size must be >= 16, got {img_size}")
         if int(batch_size) < 1:
@@ -630,6 +656,9 @@ class SegDataModule(CaseDataModule):
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = SliceDataset(self._slices(self.splits["train"], self.slices_with_foreground_only),
                                           self._train_transform(), self.loss_maps)
+            if self.class_aware is not None:
+                self.class_index = SliceClassIndex(self.train_set.slices.labels, self.class_aware, self.class_names)
+                self._log_class_index()
             if self.splits["val"]:
                 self.val_case_ids = list(self.splits["val"])
                 self.val_set = SliceDataset(self._slices(self.val_case_ids, False, "val"))
@@ -676,6 +705,10 @@ class SegDataModule(CaseDataModule):
     def train_dataloader(self):
         if self.pipeline_in_use() == "device":
             return self.device_path().train_loader()
+        if self.class_aware is not None:
+            return DataLoader(self.train_set, batch_size=self.batch_size,
+                              sampler=self.class_aware_sampler(len(self.train_set)),
+                              drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
                           drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
 

@@ -35,8 +35,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..errors import ConfigError
 from .datamodule import CaseDataModule, UntrackedCompose, build_augmentation, first_item, label_ids_of, with_loss_maps
-from .device import PatchPath
+from .device import PatchPath, padded
 from .preprocess import check_target_shape, resize_volume
+from .sampling import ForcedPatch, PatchClassIndex
 from .volume import Grid, Volume
 
 
@@ -78,6 +79,28 @@ class PatchDataset(Dataset):
             sample = self.augment(sample)
         return with_loss_maps({"image": _plain(sample["image"]).float(),
                                "label": _plain(sample["label"])[0].round().long(), "case_index": case}, self.maps)
+
+
+class ClassAwarePatchDataset(PatchDataset):
+    """:class:`PatchDataset` that also takes a forced patch as an item (class-aware sampling,
+    :class:`~segbench.data.sampling.ForcedPatch`): the case padded as the crop pads it, the patch at the given
+    start, then augmented as any patch."""
+
+    def __init__(self, *args, patch_size: Sequence[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.patch_size = [int(p) for p in patch_size]
+
+    def __getitem__(self, i) -> dict[str, Any]:
+        if not isinstance(i, ForcedPatch):
+            return super().__getitem__(i)
+        pad = self.crop.transforms[0]   # crop_transform's SpatialPadd
+        sample = pad({"image": self.images[i.case], "label": self.labels[i.case]})
+        window = (slice(None), *(slice(s, s + p) for s, p in zip(i.start, self.patch_size)))
+        sample = {"image": _plain(sample["image"])[window], "label": _plain(sample["label"])[window].float()}
+        if self.augment is not None:
+            sample = self.augment(sample)
+        return with_loss_maps({"image": _plain(sample["image"]).float(),
+                               "label": _plain(sample["label"])[0].round().long(), "case_index": i.case}, self.maps)
 
 
 class FixedPatches(Dataset):
@@ -160,6 +183,9 @@ class PatchDataModule(CaseDataModule):
             as ``debug=smoke`` compose with 3D data configs.
         pipeline, device_cache_gb: as :class:`~segbench.data.datamodule.SegDataModule` (the device path cuts
             the patches on the device: :class:`~segbench.data.device.PatchPath`).
+        class_aware_sampling: ``{fraction, classes}``: ``fraction`` of each training batch (0: off) are patches
+            centred on a voxel of a class drawn by ``classes`` (``uniform``, ``rare`` or a list of class names /
+            ids); the rest as ``foreground_prob`` says (:mod:`segbench.data.sampling`).
         root, phantom: read by the source config through interpolation.
     """
 
@@ -176,13 +202,14 @@ class PatchDataModule(CaseDataModule):
                  img_size: int | None = None, root: str | None = None, phantom: dict | None = None,
                  precompute_loss_maps: bool = False, pin_memory: bool | str = "auto", prefetch_factor: int = 4,
                  target_shape: Sequence[int] | None = None, nonfinite_fill: float | None = None,
-                 pipeline: str = "auto", device_cache_gb: str | float = "auto"):
+                 pipeline: str = "auto", device_cache_gb: str | float = "auto",
+                 class_aware_sampling: dict[str, Any] | None = None):
         if int(spatial_dims) != 3:
             raise ConfigError(f"data.spatial_dims={spatial_dims} but this is a 3D data config (patches); "
                               "use the 2D data config of the dataset (e.g. data=phantom) for 2D")
         super().__init__(source, class_names, split, window, num_classes, name, cache_dir, target_spacing,
                          precompute_loss_maps, num_workers, pin_memory, prefetch_factor, nonfinite_fill, pipeline,
-                         device_cache_gb)
+                         device_cache_gb, class_aware_sampling)
         self.target_shape = check_target_shape(target_shape)
         self.patch_size = [int(p) for p in patch_size]
         if len(self.patch_size) != 3 or min(self.patch_size) < 1:
@@ -230,9 +257,18 @@ class PatchDataModule(CaseDataModule):
         self._resolve_splits()
         if stage in (None, "fit") and self.train_set is None:
             images, labels = self._tensors(self.splits["train"])
-            self.train_set = PatchDataset(images, labels, self.samples_per_volume,
-                                          crop_transform(self.patch_size, self.foreground_prob), self._augment(),
-                                          self.loss_maps)
+            crop = crop_transform(self.patch_size, self.foreground_prob)
+            if self.class_aware is None:
+                self.train_set = PatchDataset(images, labels, self.samples_per_volume, crop, self._augment(),
+                                              self.loss_maps)
+            else:
+                self.train_set = ClassAwarePatchDataset(images, labels, self.samples_per_volume, crop, self._augment(),
+                                                        self.loss_maps, patch_size=self.patch_size)
+                # where each class is, on the labels padded as the crop (and the device path) pads them
+                _, labels_padded = padded([], labels, self.patch_size)
+                self.class_index = PatchClassIndex([label[0] for label in labels_padded], self.patch_size,
+                                                   self.class_aware, self.class_names)
+                self._log_class_index()
             if self.splits["val"]:
                 self.val_case_ids = list(self.splits["val"])
                 self._val_arrays = self._tensors(self.val_case_ids)
@@ -269,6 +305,10 @@ class PatchDataModule(CaseDataModule):
             return self.device_path().train_loader()
         from monai.data import DataLoader as MonaiDataLoader  # re-seeds the random crops in every worker
 
+        if self.class_aware is not None:
+            return MonaiDataLoader(self.train_set, batch_size=self.batch_size,
+                                   sampler=self.class_aware_sampler(len(self.train_set)),
+                                   drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
         return MonaiDataLoader(self.train_set, batch_size=self.batch_size, shuffle=True,
                                drop_last=len(self.train_set) > self.batch_size, **self.train_loader_options())
 

@@ -132,15 +132,21 @@ class TrainBatches:
     the object itself). ``drop_last`` as the loader path's training ``DataLoader``. :meth:`resume_at` makes the
     next pass over that epoch skip the batches a checkpoint had already trained on (their parameters are
     still drawn, so the generator is where the uninterrupted run had it).
+
+    ``plan``: class-aware sampling (:class:`~segbench.data.sampling.ClassAwarePlan`; ``None``: off): each batch is
+    then the next items of the order plus the forced samples drawn from
+    :func:`~segbench.data.sampling.sampling_generator` of ``(seed, rank, epoch)``, and carries their classes
+    (``forced_classes``).
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int, world_size: int,
-                 draw: Callable[[list[int], torch.Generator], dict[str, Any]], pin: bool = False):
+                 draw: Callable[[list[Any], torch.Generator], dict[str, Any]], pin: bool = False, plan: Any = None):
         self.n, self.batch_size = int(n), int(batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
         self.drop_last = self.n > self.batch_size
         self.draw = draw
         self.pin = pin
+        self.plan = plan
         self.epoch = 0
         self._resume: tuple[int, int] | None = None
 
@@ -166,9 +172,19 @@ class TrainBatches:
             self._resume = None
         order = epoch_order(self.n, self.seed, epoch, self.rank, self.world_size)
         generator = augmentation_generator(self.seed, self.rank, epoch)
+        planned = None
+        if self.plan is not None:   # class-aware sampling: the epoch's batches, drawn from their own stream
+            from .sampling import batch_sizes, sampling_generator
+
+            sizes = batch_sizes(len(order), self.batch_size, len(self))
+            planned = list(self.plan.batches(order, sizes, sampling_generator(self.seed, self.rank, epoch), epoch))
         for b in range(len(self)):
-            indices = order[b * self.batch_size:(b + 1) * self.batch_size]
-            batch = self.draw(indices, generator)
+            if planned is None:
+                indices = order[b * self.batch_size:(b + 1) * self.batch_size]
+                batch = self.draw(indices, generator)
+            else:
+                batch = {**self.draw(planned[b][0], generator),
+                         "forced_classes": torch.tensor(planned[b][1], dtype=torch.long)}
             if b < skip:
                 continue
             if self.pin:
@@ -352,7 +368,7 @@ class DevicePath(ABC):
         if self._train is None:
             part = self.cache.place("train", "training set", self.train_tensors())
             self._train = TrainBatches(self.train_size(), self.dm.batch_size, self.seed, self.rank, self.world_size,
-                                       self.draw, pin=self.pin)
+                                       self.draw, pin=self.pin, plan=self.dm.class_aware_plan())
             if self._resume is not None:
                 self._train.resume_at(*self._resume)
             if self.rank == 0:
@@ -452,9 +468,18 @@ class PatchPath(DevicePath):
         self.centres = PatchCentres([label[0] for label in labels], self.dm.patch_size, self.dm.foreground_prob)
         return {"image": images, "label": labels}
 
-    def draw(self, indices: list[int], generator: torch.Generator) -> dict[str, Any]:
-        cases = [i // self.dm.samples_per_volume for i in indices]
+    def draw(self, indices: list[Any], generator: torch.Generator) -> dict[str, Any]:
+        """Items are sample indices (patch centres drawn here) or, with class-aware sampling, forced patches
+        (:class:`~segbench.data.sampling.ForcedPatch`: case and start given; the last ones of the batch)."""
+        drawn = [i for i in indices if not isinstance(i, tuple)]
+        forced = indices[len(drawn):]
+        cases = [i // self.dm.samples_per_volume for i in drawn]
         centres = self.centres.draw(cases, generator)
+        if forced:
+            cases = cases + [f.case for f in forced]
+            centres = {"starts": centres["starts"] + [f.start for f in forced],
+                       "on_foreground": centres["on_foreground"] + [True] * len(forced),
+                       "nth": centres["nth"] + [-1] * len(forced)}
         return {"cases": cases, **centres, "case_index": torch.tensor(cases, dtype=torch.long),
                 **self.augment.draw(len(indices), self.dm.patch_size, generator)}
 
