@@ -1,6 +1,6 @@
-"""A user's own loss, dataset and experiment, outside segbench, exactly as the README writes them.
+"""A user's own loss, dataset and experiment, outside segbench, exactly as docs/extending.md writes them.
 
-The README section "Add your own loss / dataset" is the specification: the files after each
+The page "Extending segbench" (docs/extending.md) is the specification: the files after each
 ``<!-- user-file: PATH -->`` marker are written into an empty directory outside the package, three
 cases are put in ``my_data/<case>/``, and the commands after ``<!-- user-commands -->`` are run there
 as a user types them (the console scripts of this Python). Also: a plain ``nn.Module`` loss trains,
@@ -28,15 +28,14 @@ from segbench.errors import ConfigError
 from segbench.losses import LossInputs, ModuleLoss, SegLoss, loss_from_config
 
 REPO = Path(segbench.__file__).resolve().parent.parent
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "extending.md"   # the page "Extending segbench" (once the README's section)
 
-pytestmark = pytest.mark.skipif(not README.is_file(), reason="segbench is not imported from a source checkout")
+pytestmark = pytest.mark.skipif(not PAGE.is_file(), reason="segbench is not imported from a source checkout")
 
 
 def readme_section() -> str:
-    text = README.read_text()
-    start = text.index("## Add your own loss / dataset")
-    return text[start:text.index("\n## ", start + 3)]
+    """The whole page: its files and commands are what a user copies."""
+    return PAGE.read_text()
 
 
 def readme_files(section: str) -> dict[str, str]:
@@ -80,7 +79,7 @@ def write_user_cases(root: Path, n: int = 3) -> None:
         nib.save(nib.Nifti1Image(label.transpose(2, 1, 0), affine), case / "label.nii.gz")
 
 
-@pytest.mark.slow  # the README's commands: runs
+@pytest.mark.slow  # the page's commands: runs
 def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_path):
     section = readme_section()
     files = readme_files(section)
@@ -135,7 +134,7 @@ def test_readme_user_loss_dataset_and_experiment_from_an_outside_directory(tmp_p
     assert rescored["config"]["loss"]["_target_"] == "my_module.MyLoss"
     assert list(rescored["per_class"]) == ["organ_a", "organ_b"]
 
-    # the README's loss computes what its docstring says: perfect logits -> CE ~ 0 and Dice ~ 1
+    # the page's loss computes what its docstring says: perfect logits -> CE ~ 0 and Dice ~ 1
     sys.path.insert(0, str(project))
     try:
         import my_module

@@ -33,6 +33,7 @@ from .folds import FOLD_KEYS, check_fold_options, cross_validation_split
 from .loader import check_loader_options, check_num_workers, loader_options, training_device
 from .preprocess import check_target_spacing, resample_volume
 from .sampling import ClassAwarePlan, ClassAwareSampler, ClassAwareSampling, SliceClassIndex
+from .sources import DataSource
 from .volume import CaseRef, Grid, Volume, to_canonical
 
 log = logging.getLogger("segbench.data")
@@ -602,8 +603,10 @@ class SegDataModule(CaseDataModule):
         window: HU window ``[low, high]`` mapped to [0, 1].
         img_size: model input size (square) for 2D slices.
         batch_size: slices per batch (per process).
-        num_workers, pin_memory, prefetch_factor: the training loader's settings (per process); ``auto``
-            resolves from the trainer's device and the CPUs the process has (:mod:`segbench.data.loader`).
+        num_workers: training loader workers per process; ``auto`` resolves from the trainer's device and the
+            CPUs the process has (:mod:`segbench.data.loader`).
+        pin_memory: pinned training batches; ``auto``: when training on CUDA.
+        prefetch_factor: batches each loader worker prepares ahead.
         augment: ``{flip_prob, rotate_prob, rotate_range_deg}``; probabilities 0 disable.
         spatial_dims: 2 (axial slices); 3D data configs (``data=phantom3d``) use the patch module.
         name: the dataset's name (recorded in results).
@@ -619,14 +622,18 @@ class SegDataModule(CaseDataModule):
         class_aware_sampling: ``{fraction, classes}``: ``fraction`` of each training batch (0: off) are slices
             holding a class drawn by ``classes`` (``uniform``, ``rare`` or a list of class names / ids)
             (:mod:`segbench.data.sampling`).
-        root, phantom: read by the source config through interpolation (``${data.root}``);
-            accepted here so that the data config stays one flat group.
+        num_classes: number of classes including the background (``None``: ``len(class_names)``).
+        precompute_loss_maps: the training loader computes the loss's target distance maps per sample.
+        root: read by the source config through interpolation (``${data.root}``); accepted here so that the
+            data config stays one flat group.
+        phantom: the phantom's options, read by the source config through interpolation (as ``root``).
     """
 
     device_path_class = SlicePath
 
-    def __init__(self, source, class_names: Sequence[str], split: dict[str, Any], window: Sequence[float] = (-125, 275),
-                 img_size: int = 224, batch_size: int = 24, num_workers: int | str = "auto",
+    def __init__(self, source: DataSource, class_names: Sequence[str], split: dict[str, Any],
+                 window: Sequence[float] = (-125, 275), img_size: int = 224, batch_size: int = 24,
+                 num_workers: int | str = "auto",
                  augment: dict[str, float] | None = None, spatial_dims: int = 2, num_classes: int | None = None,
                  name: str = "dataset", slices_with_foreground_only: bool = False,
                  root: str | None = None, phantom: dict | None = None, cache_dir: str | None = None,

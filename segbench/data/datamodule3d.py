@@ -38,6 +38,7 @@ from .datamodule import CaseDataModule, UntrackedCompose, build_augmentation, fi
 from .device import PatchPath, padded
 from .preprocess import check_target_shape, resize_volume
 from .sampling import ForcedPatch, PatchClassIndex
+from .sources import DataSource
 from .volume import Grid, Volume
 
 
@@ -165,9 +166,17 @@ class PatchDataModule(CaseDataModule):
     """3D patch training on cases from any :mod:`segbench.data.sources` source.
 
     Args:
-        source, class_names, split, window, batch_size, num_workers, pin_memory, prefetch_factor, name,
-            cache_dir, target_spacing:
-            as :class:`~segbench.data.datamodule.SegDataModule` (``batch_size`` counts patches).
+        source: the dataset source, as :class:`~segbench.data.datamodule.SegDataModule`'s.
+        class_names: names of the classes, index = class id (background first).
+        split: ``{train, val, test}`` counts or case-id lists (and k-fold options).
+        window: HU window ``[low, high]`` mapped to [0, 1].
+        batch_size: patches per batch (per process).
+        num_workers: training loader workers per process (``auto`` as in 2D).
+        pin_memory: pinned training batches (``auto``: on CUDA).
+        prefetch_factor: batches each loader worker prepares ahead.
+        name: the dataset's name (recorded in results).
+        cache_dir: where preprocessed cases are cached; ``None`` = no cache.
+        target_spacing: ``[sz, sy, sx]`` mm to resample every case to (``null`` entries keep that axis).
         target_shape: ``[Z, Y, X]`` voxels every case is resized to after ``target_spacing`` (image cubic,
             label nearest; ``null``: keep each case's size). With ``patch_size`` equal to it the network
             trains on whole volumes (the AFW-Dice paper's 3D experiment: 256 x 256 x 128).
@@ -181,18 +190,23 @@ class PatchDataModule(CaseDataModule):
         spatial_dims: must be 3.
         img_size: not used in 3D (the network sees ``patch_size``); accepted so that 2D overlays such
             as ``debug=smoke`` compose with 3D data configs.
-        pipeline, device_cache_gb: as :class:`~segbench.data.datamodule.SegDataModule` (the device path cuts
-            the patches on the device: :class:`~segbench.data.device.PatchPath`).
+        num_classes: number of classes including the background (``None``: ``len(class_names)``).
+        precompute_loss_maps: the training loader computes the loss's target distance maps per patch.
+        nonfinite_fill: ``None`` refuses a scan holding NaN / inf intensities; a number replaces them.
+        pipeline: ``auto`` | ``device`` | ``loader`` as in 2D (the device path cuts the patches on the device:
+            :class:`~segbench.data.device.PatchPath`).
+        device_cache_gb: ``auto`` | GB of the training device the device path may fill with data.
         class_aware_sampling: ``{fraction, classes}``: ``fraction`` of each training batch (0: off) are patches
             centred on a voxel of a class drawn by ``classes`` (``uniform``, ``rare`` or a list of class names /
             ids); the rest as ``foreground_prob`` says (:mod:`segbench.data.sampling`).
-        root, phantom: read by the source config through interpolation.
+        root: read by the source config through interpolation.
+        phantom: the phantom's options, read by the source config through interpolation.
     """
 
     spatial_dims = 3
     device_path_class = PatchPath
 
-    def __init__(self, source, class_names: Sequence[str], split: dict[str, Any],
+    def __init__(self, source: DataSource, class_names: Sequence[str], split: dict[str, Any],
                  window: Sequence[float] = (-125, 275), patch_size: Sequence[int] = (96, 96, 96),
                  samples_per_volume: int = 4, foreground_prob: float = 0.5, batch_size: int = 2,
                  num_workers: int | str = "auto", augment: dict[str, float] | None = None,

@@ -28,8 +28,9 @@ def evaluate_case(
     """Score each label of one case.
 
     Args:
-        pred, gt: integer label maps (numpy arrays or torch tensors, 2D or 3D, same shape).
-            Float maps are accepted when every value is integral; bool maps are label 1.
+        pred: the predicted integer label map (a numpy array or torch tensor, 2D or 3D). Float maps are
+            accepted when every value is integral; bool maps are label 1.
+        gt: the ground-truth label map, of ``pred``'s shape (the same types accepted).
         spacing: voxel size per axis in ARRAY-AXIS order (e.g. (z, y, x) for a (D, H, W)
             array), len == ndim; None means 1 along every axis.
         labels: label ids to score (e.g. range(1, 9) for the 8 Synapse organs).
