@@ -46,7 +46,7 @@ BASELINE = "ce_dice"
 #: The budget: what makes 24 runs fit a 2-core CPU in under 90 minutes. Everything else is the paper
 #: experiment's own config (1 mm in-plane resampling, flips and rotations, poly decay per epoch, SGD).
 #: The poly power 2 (the paper: 0.9) lowers the rate sooner, so that a 22-epoch run ends on a plateau: with
-#: 0.9, CE + Dice was still climbing in the last quarter of every schedule this CPU can afford (README).
+#: 0.9, CE + Dice was still climbing in the last quarter of every schedule this CPU can afford (docs/paper.md).
 EPOCHS = 22
 BUDGET = (
     "data=phantom",

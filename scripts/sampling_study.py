@@ -200,7 +200,7 @@ def render(table: list[dict], organ_table: str, seeds, command: str, budget: tup
         budget_lines,
         "```",
         "",
-        "- **Class-aware sampling** (README, \"Class-aware sampling\"): 0.33 of each batch of 8 (2 or 3 slices per "
+        "- **[Class-aware sampling](datasets.md#class-aware-sampling)**: 0.33 of each batch of 8 (2 or 3 slices per "
         "batch, 33 in every 100 slices over the run) are training slices that hold a class drawn with probability "
         "~ 1 / (training slices holding it), the rest of the batch drawn as without it.",
         f"- **Machine:** {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "

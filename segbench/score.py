@@ -7,7 +7,7 @@ ground truth under segbench's metric conventions, written in a run's results for
     segbench-table outputs/score/nnunet outputs/multirun/<date>     # beside segbench's runs
 
 The logic is :func:`segbench.metrics.folders.score_folder`; matching rule and outputs in its module
-docstring and the README ("Score another tool's predictions").
+docstring and docs/use-the-model.md ("Score another tool's predictions").
 """
 
 from __future__ import annotations

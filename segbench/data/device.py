@@ -85,7 +85,7 @@ def check_device_cache_gb(value: Any) -> str | float:
 def resolve_pipeline(pipeline: str, device_type: str) -> str:
     """What ``data.pipeline`` means on a device: ``auto`` is ``device`` on CUDA and ``loader`` elsewhere.
 
-    On a CPU the step dwarfs the augmentation (README, "The device data path": 2 % of the quickstart's step
+    On a CPU the step dwarfs the augmentation (docs/performance.md, "The device data path": 2 % of the quickstart's step
     either way), and ``loader`` keeps the default run's numbers; on CUDA the GPU no longer waits for CPU
     workers and the run resumes exactly.
     """

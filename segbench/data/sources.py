@@ -30,7 +30,7 @@ class DataSource:
       checks a NIfTI pair.
 
     The smallest complete source, for ``<root>/<case>/image.nii.gz`` + ``label.nii.gz``, in the
-    user's own ``my_module.py`` (README, "Add your own loss / dataset")::
+    user's own ``my_module.py`` (docs/extending.md)::
 
         from pathlib import Path
         from segbench.data import CaseRef, DataSource, load_nifti_case

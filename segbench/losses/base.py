@@ -401,7 +401,7 @@ class SegLoss(nn.Module):
                 return 1 - dice.mean()
 
     and ``loss/my_loss.yaml`` in the user's config directory: ``_target_: my_module.MyLoss`` and
-    ``smooth: 1.0e-5`` (README, "Add your own loss / dataset"). ``inputs`` also offers the per-class
+    ``smooth: 1.0e-5`` (docs/extending.md). ``inputs`` also offers the per-class
     soft ``TP / FP / FN`` (:meth:`LossInputs.counts`), ``log_probs``, the per-voxel mean that skips
     ignored voxels (:meth:`LossInputs.mean_over_voxels`) and distance maps of the target
     (:meth:`LossInputs.target_map`). A constructor argument named ``num_classes`` or ``class_names``
