@@ -33,6 +33,18 @@ if not OmegaConf.has_resolver("segbench_cwd"):
     OmegaConf.register_new_resolver("segbench_cwd", lambda: os.getcwd())
 
 
+def _run_label(output_dir, log_dir) -> str:
+    """``${segbench_run_label:${paths.output_dir},${paths.log_dir}}`` (configs/logger/): what an experiment tracker
+    names the run: its run directory relative to ``paths.log_dir`` (``train/2026-12-06_10-00-00``,
+    ``multirun/2026-12-06_10-00-00/3``), or the directory's name when it lies elsewhere."""
+    path, root = Path(str(output_dir)), Path(str(log_dir))
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) and path != root else path.name
+
+
+if not OmegaConf.has_resolver("segbench_run_label"):
+    OmegaConf.register_new_resolver("segbench_run_label", _run_label)
+
+
 def _smoke_width(at_least, *, _parent_) -> int:
     """``model.width: ${segbench_smoke_width:4}`` (debug=smoke): the smallest width >= 4 that the
     model of this config accepts (4 for the U-Nets, 8 for SegResNet's GroupNorm, 12 for Swin UNETR)."""

@@ -33,6 +33,7 @@ from .metrics.results import CaseEvaluator
 from .models.inference import case_probabilities, check_inference, labels_at, sliding_window_logits
 from .postprocess import apply_postprocess, postprocessed_dir
 from .report.overlays import figure_to_rgb, overlay_figure
+from .runtime.loggers import log_image, takes_images
 from .runtime.nonfinite import LossWatch
 
 #: where the test split can be scored (``metrics.grid``)
@@ -84,7 +85,9 @@ class SegModule(pl.LightningModule):
                  test: dict[str, Any] | None = None, num_overlays: int = 4, channels_last: bool = False,
                  inference: dict[str, Any] | None = None, consistency: dict[str, Any] | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "optimizer"])
+        # in the checkpoint; not sent to the loggers, which get the run's whole resolved config instead
+        # (segbench.runtime.loggers.log_config)
+        self.save_hyperparameters(ignore=["net", "optimizer"], logger=False)
         self.net = net
         self.class_names = list(class_names)
         # a built-in loss by name, or the user's own class by _target_ (segbench.losses.loss_from_config)
@@ -226,10 +229,11 @@ class SegModule(pl.LightningModule):
         self._log_overlays()
 
     def _log_overlays(self) -> None:
+        """The validation overlays, to every logger that shows images (TensorBoard, MLflow, W&B, Aim; not CSV)."""
         dm = self.trainer.datamodule
-        logger = self.logger
-        if self.num_overlays <= 0 or dm is None or dm.val_set is None or logger is None \
-                or not hasattr(logger.experiment, "add_image") or self.trainer.sanity_checking:
+        takers = [logger for logger in self.loggers if takes_images(logger)]
+        if self.num_overlays <= 0 or dm is None or dm.val_set is None or not takers \
+                or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         if hasattr(dm, "overlay_samples"):  # 3D: fixed patches, shown by their middle axial slice
             images, labels = dm.overlay_samples(self.num_overlays)
@@ -245,10 +249,12 @@ class SegModule(pl.LightningModule):
         if preds.dim() == 4:
             mid = preds.shape[1] // 2
             images, labels, preds = images[:, :, mid], labels[:, mid], preds[:, mid]
+        title = f"validation, epoch {self.current_epoch}"
         figure = overlay_figure([img[0].cpu().numpy() for img in images], [lab.numpy() for lab in labels],
-                                [pred.numpy() for pred in preds], self.class_names,
-                                title=f"validation, epoch {self.current_epoch}")
-        logger.experiment.add_image("val/overlay", figure_to_rgb(figure), self.current_epoch, dataformats="HWC")
+                                [pred.numpy() for pred in preds], self.class_names, title=title)
+        rgb = figure_to_rgb(figure)
+        for logger in takers:
+            log_image(logger, "val/overlay", rgb, self.current_epoch, self.global_step, caption=title)
 
     # -- test ------------------------------------------------------------------------------------------------
     def predict_volume(self, slices: torch.Tensor, native_hw: Sequence[int]) -> np.ndarray:

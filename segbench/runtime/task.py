@@ -102,24 +102,34 @@ def run(cfg: DictConfig, output_dir: Path, overrides: list[str] | None = None) -
         datamodule.write_splits(output_dir / "splits.json")
 
     from .checkpoint import weights_only_kwargs
+    from .loggers import close, log_config, where
 
-    with one_run_directory(output_dir):
-        if cfg.trainer.max_epochs == 0:
-            ckpt = None  # "no training": evaluate the initial weights
-        else:
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
-                        **weights_only_kwargs(trainer.fit))
-            if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
-                ckpt = None  # no validation split: test the final weights
-        if cfg.test.get("save_predictions"):
-            module.prediction_dir = output_dir / "predictions"
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
-                     **weights_only_kwargs(trainer.test))
-        # k-fold cross-validation: the fold's validation cases, scored like the test cases by the same weights
-        cv = score_fold(trainer, module, datamodule, ckpt, output_dir, cfg) if "folds" in datamodule.splits else None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if main_rank:
+        log_config(trainer.loggers, config)  # every logger gets the run's resolved config
+    try:
+        with one_run_directory(output_dir):
+            if cfg.trainer.max_epochs == 0:
+                ckpt = None  # "no training": evaluate the initial weights
+            else:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None,
+                            **weights_only_kwargs(trainer.fit))
+                if not getattr(trainer.checkpoint_callback, "best_model_path", ""):
+                    ckpt = None  # no validation split: test the final weights
+            if cfg.test.get("save_predictions"):
+                module.prediction_dir = output_dir / "predictions"
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False,
+                         **weights_only_kwargs(trainer.test))
+            # k-fold cross-validation: the fold's validation cases, scored like the test cases by the same weights
+            cv = (score_fold(trainer, module, datamodule, ckpt, output_dir, cfg) if "folds" in datamodule.splits
+                  else None)
+        tracked = [line for line in map(where, trainer.loggers) if line] if main_rank else []
+    finally:
+        close(trainer.loggers)  # a tracker's run ends with this run, also when it failed
+    for line in tracked:  # where each experiment tracker (but TensorBoard) has the run
+        log.info(line)
 
     best_val = getattr(trainer.checkpoint_callback, "best_model_score", None)
-    config = OmegaConf.to_container(cfg, resolve=True)
     extra = {
         "run": {"output_dir": str(output_dir), "git": git_revision(PROJECT_ROOT), "versions": package_versions(),
                 "device": device_description(), "wall_time_s": round(time.time() - start, 1),
