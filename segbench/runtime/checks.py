@@ -31,6 +31,9 @@ def check_run_config(cfg: DictConfig, output_dir: Path) -> None:
     test_checkpoint(cfg)
     check_postprocess(cfg.test.get("postprocess", "none"))
     check_init_from(cfg)
+    problem = missing_logger_package(cfg.get("logger"))
+    if problem is not None:
+        raise ConfigError(problem)
     problem = output_dir_problem(output_dir)
     if problem is not None:
         raise ConfigError(problem)
@@ -81,6 +84,24 @@ def unset_dataset_root(cfg: DictConfig) -> str | None:
     if "dataset_roots" in cfg:
         return f"dataset_roots.{data.name}=<the dataset's directory> (or data.root=...), or data=phantom"
     return "data.root=<the dataset's directory>, or data=phantom for the built-in phantom"
+
+
+#: the experiment trackers that are optional dependencies: logger class name -> (the module it needs, the extra)
+OPTIONAL_LOGGERS = {"MLFlowLogger": ("mlflow", "mlflow"), "WandbLogger": ("wandb", "wandb"),
+                    "AimLogger": ("aim", "aim")}
+
+
+def missing_logger_package(logger_cfg: Any) -> str | None:
+    """The one-line error for a configured logger (``logger=mlflow``, ``logger=[csv,wandb]``) whose optional
+    package is not installed, or None. ``logger_cfg``: the config's ``logger`` node (name -> logger config)."""
+    for name, node in (logger_cfg or {}).items():
+        target = str(node.get("_target_", "")) if hasattr(node, "get") else ""
+        needs = OPTIONAL_LOGGERS.get(target.rsplit(".", 1)[-1])
+        if needs is not None and importlib.util.find_spec(needs[0]) is None:
+            module, extra = needs
+            return (f"logger={name} needs {module}, an optional dependency: pip install \"segbench[{extra}]\" "
+                    f"(in a checkout: pip install -e \".[{extra}]\")")
+    return None
 
 
 def missing_plugin(argv: list[str]) -> str | None:
