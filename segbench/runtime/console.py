@@ -26,7 +26,14 @@ Filtered, and only these (everything else Lightning, MONAI or torch say is kept,
   training run's checkpoint and random-state callbacks matter for resuming a fit, not for testing;
 * Lightning's "The `srun` command is available on your system but is not used", on a machine with
   Slurm's tools, for a single-process run only (``single_process=True``): it warns that DDP ranks
-  launched without ``srun`` hang, which one process cannot.
+  launched without ``srun`` hang, which one process cannot;
+* the experiment trackers' own chatter (``logger=mlflow|wandb|aim``), each for the reason given where it is
+  silenced: Aim's INFO lines about its status reporter and MLflow's about creating its database
+  (:data:`TRACKER_LOGGERS`); MLflow's "View run ... at:
+  <url>" after fit and again after test, W&B's banners, and W&B's "The anonymous setting has no effect"
+  (:mod:`segbench.runtime.loggers`, ``configs/logger/wandb.yaml``). Instead, a run with such a tracker ends
+  with one line per tracker on where it has the run (``mlflow: run ... of experiment ...: <url>``,
+  ``wandb: offline run in <dir>; upload it with: wandb sync <dir>``).
 """
 
 from __future__ import annotations
@@ -83,8 +90,17 @@ SRUN_HINT = r"The `srun` command is available on your system but is not used"
 EVAL_CALLBACKS_HINT = r"Be aware that when using `ckpt_path`, callbacks used to create the checkpoint"
 
 
+#: experiment trackers' INFO loggers about their own workings, shown at WARNING and above only: Aim logs
+#: "creating RunStatusReporter for <hash>", "starting from: {}" and "starting writer thread for <object>" on
+#: every logger=aim run; MLflow "Creating initial MLflow database tables..." and "Updating database tables" on
+#: every logger=mlflow run without a tracking URI (a new SQLite store in the run directory), on a handler of its own
+TRACKER_LOGGERS = ("aim.sdk.reporter", "mlflow.store.db.utils")
+
+
 def quiet_third_party(single_process: bool = False) -> None:
     """Install the filters above (idempotent)."""
+    for name in TRACKER_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     for message, category in KNOWN_NOISE:
         warnings.filterwarnings("ignore", message=message, category=category)
     if single_process:
