@@ -44,6 +44,9 @@ ERROR = Path("results") / "error.json"
 #: config keys that may differ between attempts of one run: where files live, how many threads,
 #: the run's name and the resume switches themselves
 VOLATILE_KEYS = ("run_name", "paths", "num_threads", "resume", "ckpt_path", "optimized_metric")
+#: config keys recorded but not compared between attempts: the experiment trackers (``logger``) record a run and
+#: change nothing in it, so an interrupted run may resume with another one (``logger=mlflow`` added to a rerun)
+UNCOMPARED_KEYS = ("logger",)
 #: data keys added after runs were written, with the value that gives what those runs did: a directory whose
 #: config lacks them holds a run of that value (it resumes, or is found finished, under today's default)
 ADDED_DATA_DEFAULTS = {"pipeline": "auto", "device_cache_gb": "auto"}
@@ -129,7 +132,8 @@ def _check_same_config(output_dir: Path, cfg: DictConfig, what: str) -> None:
     from .trust import current_targets
 
     new = comparable_config(cfg)
-    changes = config_changes(with_added_defaults(current_targets(status["config"]), new), new)
+    old = with_added_defaults(current_targets(status["config"]), new)
+    changes = config_changes(*({k: v for k, v in c.items() if k not in UNCOMPARED_KEYS} for c in (old, new)))
     if changes:
         shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
         raise ConfigError(f"{output_dir} holds {what} with another config ({shown}); choose another run_name "
