@@ -249,6 +249,36 @@ def test_the_installed_wheel_scores_a_folder_from_an_empty_directory(installed, 
     assert package_files(package) == before, "segbench-score wrote into the installed package"
 
 
+@pytest.mark.slow  # shares the wheel and venv of the test above; trains
+def test_the_installed_wheel_logs_to_csv_under_the_run_directory(installed, tmp_path):
+    """``segbench-train debug=smoke logger=csv`` of the wheel, in an empty directory: the CSV log is written under
+    the run directory, with the run's scalars and config, and nothing else is."""
+    wheel, python = installed
+    venv = python.parent.parent
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = clean_env()
+    package = Path(run([str(python), "-c", "import segbench; print(segbench.__file__)"], work,
+                       env).stdout.strip()).parent
+    assert package.is_relative_to(venv)
+    before = package_files(package)
+
+    proc = run([str(venv / "bin" / "segbench-train"), "debug=smoke", "num_threads=1", "logger=csv"], work, env)
+
+    (run_dir,) = (work / "outputs" / "train").iterdir()
+    metrics = run_dir / "csv" / "metrics.csv"
+    with open(metrics, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    best = json.loads((run_dir / "results" / "summary.json").read_text())["run"]["best_val_dice"]
+    assert [float(r["val/dice"]) for r in rows if r["val/dice"]] == [pytest.approx(best, rel=1e-6)]
+    assert [r["epoch"] for r in rows if r["train/loss_epoch"]] == ["0"]
+    assert yaml.safe_load((run_dir / "csv" / "hparams.yaml").read_text())["logger"]["csv"]["save_dir"] == str(run_dir)
+    assert f"][segbench][INFO] - csv: {metrics}" in proc.stdout
+    assert not (run_dir / "tensorboard").exists()  # logger=csv replaces the default TensorBoard log
+    assert sorted(p.name for p in work.iterdir()) == ["data", "outputs"]
+    assert package_files(package) == before, "segbench-train wrote into the installed package"
+
+
 #: run by the venv's Python in an empty directory: imports the public names, resolves the targets
 RESOLVE = """
 import importlib, importlib.util, json, sys

@@ -5,6 +5,7 @@ can act on still printed (segbench/runtime/console.py, configs/hydra/default.yam
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -81,3 +82,26 @@ def test_an_optuna_sweep_prints_no_plugin_setup(phantom_dir, tmp_path):
     assert lines[0].endswith("[HYDRA] Study name: afw_dice"), proc.stdout[:3000]
     trial = head(proc.stdout, "epoch 1/1")[next(i for i, line in enumerate(lines) if "\t#0 : " in line) + 1:]
     assert trial and all(OWN.match(line) for line in trial), proc.stdout[:3000]
+
+
+@pytest.mark.slow  # a training run with every experiment tracker
+def test_a_run_with_every_tracker_prints_none_of_their_chatter(phantom_dir, tmp_path):
+    """CSV, MLflow, W&B and Aim (those installed) at once: no banner, status, URL or warning of theirs (W&B's
+    "wandb: ...", MLflow's "View run ... at", Aim's status reporter and lock lines); the run's first lines are
+    segbench's, and it ends with segbench's one line per tracker on where the run is."""
+    trackers = ["csv"] + [m for m in ("mlflow", "wandb", "aim") if importlib.util.find_spec(m) is not None]
+    home = tmp_path / "home"  # no tracker account or settings
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WANDB_", "MLFLOW_"))}
+    proc = subprocess.run([sys.executable, "-m", "segbench.train", "debug=smoke", "num_threads=1",
+                           f"logger=[{','.join(trackers)}]", f"hydra.run.dir={tmp_path / 'run'}",
+                           f"paths.data_dir={phantom_dir}"], capture_output=True, text=True, timeout=600,
+                          check=False, cwd=tmp_path, env={**env, "HOME": str(home)})
+    assert_quiet(proc)
+    first = head(proc.stdout, "epoch 1/1")
+    assert first and all(OWN.match(line) for line in first), proc.stdout[:3000]
+    theirs = re.compile(r"\b(wandb|w&b|mlflow|aim)\b|View run|Force-releasing", re.IGNORECASE)
+    own = re.compile(r"^\[[^\]]+\]\[segbench\]\[INFO\] - (csv|mlflow|wandb|aim): ")
+    lines = (proc.stdout + proc.stderr).splitlines()
+    assert [line for line in lines if theirs.search(line) and not own.match(line)] == [], proc.stderr[-3000:]
+    assert sorted(own.match(line).group(1) for line in lines if own.match(line)) == sorted(trackers)
