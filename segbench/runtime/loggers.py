@@ -34,6 +34,7 @@ import numpy as np
 from pytorch_lightning.loggers import CSVLogger as _LightningCSVLogger
 from pytorch_lightning.loggers import MLFlowLogger as _LightningMLFlowLogger
 from pytorch_lightning.loggers import WandbLogger as _LightningWandbLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 log = logging.getLogger("segbench")
@@ -91,7 +92,7 @@ def close(loggers) -> None:
 def where(logger) -> str | None:
     """One line on where ``logger`` wrote and how to look at it (None for TensorBoard: the README says)."""
     if isinstance(logger, _LightningCSVLogger):
-        return f"csv: {Path(logger.log_dir) / 'metrics.csv'}"
+        return f"csv: {Path(logger.log_dir) / ExperimentWriter.NAME_METRICS_FILE}"
     if isinstance(logger, _LightningMLFlowLogger) and logger._initialized:
         uri = logger._tracking_uri
         shown = (f"{uri}/#/experiments/{logger._experiment_id}/runs/{logger._run_id}" if uri.startswith("http")
@@ -116,8 +117,8 @@ class CSVLogger(_LightningCSVLogger):
     @property
     def experiment(self):
         if self._experiment is None:
-            metrics = Path(self.log_dir) / "metrics.csv"
-            kept = metrics.with_suffix(".csv.kept")
+            metrics = Path(self.log_dir) / ExperimentWriter.NAME_METRICS_FILE
+            kept = metrics.with_name(metrics.name + ".kept")
             if metrics.is_file():  # Lightning's writer deletes it: set it aside, put it back
                 os.replace(metrics, kept)
             writer = super().experiment
