@@ -210,6 +210,8 @@ def test_mlflow_logger_without_a_tracking_uri_keeps_a_sqlite_store_in_the_run_di
     logger.log_metrics({"lr-SGD": 0.01, "val/dice/kidney (left)": 0.5}, step=3)
     logger.finalize("success")
     close([logger])
+    # MLflow sets MLFLOW_TRACKING_URI for its subprocesses; the next job of a sweep must not log into this store
+    assert "MLFLOW_TRACKING_URI" not in os.environ
     store = f"sqlite:///{tmp_path / 'run' / 'mlflow' / 'mlflow.db'}"
     assert where(logger) == (f"mlflow: run train/r2 of experiment train: {store} "
                              f"(mlflow ui --backend-store-uri {store})")

@@ -161,7 +161,17 @@ class MLFlowLogger(_LightningMLFlowLogger):
     def experiment(self):
         if not self._initialized and self._run_id is None and self._experiment_id is None and rank_zero_only.rank == 0:
             self._experiment_id = self._experiment_id_by_name()
-        return _LightningMLFlowLogger.experiment.fget(self)
+        # mlflow.set_tracking_uri (called by Lightning here) also sets MLFLOW_TRACKING_URI in this process's
+        # environment: the next job of a sweep in this process would resolve its tracking URI to this run's store
+        before = os.environ.get("MLFLOW_TRACKING_URI")
+        try:
+            return _LightningMLFlowLogger.experiment.fget(self)
+        finally:
+            if os.environ.get("MLFLOW_TRACKING_URI") != before:
+                if before is None:
+                    os.environ.pop("MLFLOW_TRACKING_URI", None)
+                else:
+                    os.environ["MLFLOW_TRACKING_URI"] = before
 
     def _experiment_id_by_name(self) -> str:
         """The experiment's id, created if needed (quietly: Lightning warns "not found. Creating it." on each
