@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -108,9 +109,13 @@ def test_a_resumed_run_appends_to_its_csv_log(tmp_path):
     from segbench.runtime.loggers import CSVLogger
 
     first = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    first.log_hyperparams({"seed": 1})
     first.log_metrics({"train/loss_step": 1.5, "epoch": 0}, step=0)
     first.save()
     again = CSVLogger(save_dir=str(tmp_path), name="csv", version="")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor the warning that "previous log files ... will be deleted"
+        again.log_hyperparams({"seed": 1})
     again.log_metrics({"train/loss_step": 1.25, "epoch": 1, "val/dice": 0.5}, step=3)
     again.save()
     assert csv_scalars(tmp_path / "csv" / "metrics.csv") == {

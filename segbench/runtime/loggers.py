@@ -27,6 +27,7 @@ import functools
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,9 @@ class CSVLogger(_LightningCSVLogger):
             kept = metrics.with_name(metrics.name + ".kept")
             if metrics.is_file():  # Lightning's writer deletes it: set it aside, put it back
                 os.replace(metrics, kept)
-            writer = super().experiment
+            with warnings.catch_warnings():  # "... Previous log files in this directory will be deleted": not so
+                warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+                writer = super().experiment
             if kept.is_file():
                 import csv
 
