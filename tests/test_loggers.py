@@ -228,6 +228,9 @@ def test_mlflow_logger_without_a_tracking_uri_keeps_a_sqlite_store_in_the_run_di
     assert run.data.params["loss/note"].endswith(" ... (cut; in full in config.yaml)")
     assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(tmp_path / "run" / "mlflow" / "artifacts")
     assert "x" * 7000 in Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text()
+    # a SQLite store given by URI (MLFLOW_TRACKING_URI=sqlite:///outputs/mlflow.db): artifacts beside it, not in ./mlruns
+    shared = MLFlowLogger(tracking_uri=f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", experiment_name="train")
+    assert shared._artifact_location == (tmp_path / "outputs" / "artifacts").as_uri()
 
 
 # -- W&B -------------------------------------------------------------------------------------------------------------

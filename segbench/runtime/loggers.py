@@ -14,7 +14,8 @@ Lightning's loggers are used as they are, except where they would lose what a ru
 * :class:`MLFlowLogger` keeps metric names that MLflow accepts (Lightning drops ``-``: ``lr-SGD`` became
   ``lrSGD``, with a warning per step), keeps parameter values up to MLflow's own limit (Lightning cuts them at
   250 characters) and logs the whole config as the artifact ``config.yaml``, stores a run without a tracking
-  URI in a SQLite database in its run directory (MLflow 3 refuses Lightning's default, a ``file:`` store), and
+  URI in a SQLite database in its run directory (MLflow 3 refuses Lightning's default, a ``file:`` store) with the
+  artifacts beside any SQLite store, and
   creates the experiment safely when several jobs of a sweep start at once;
 * :class:`WandbLogger` does not pass ``anonymous=None`` to ``wandb.init`` (a warning on every run);
 * :class:`AimLogger` builds Aim's own logger (``aim.pytorch_lightning.AimLogger``) through a segbench name, so
@@ -145,7 +146,8 @@ class MLFlowLogger(_LightningMLFlowLogger):
 
     Args:
         tracking_uri: the tracking server (``http://host:5000``) or store (``sqlite:///path.db``); None (no
-            ``MLFLOW_TRACKING_URI`` either): ``sqlite:///<save_dir>/mlflow.db``, artifacts in ``<save_dir>/artifacts``.
+            ``MLFLOW_TRACKING_URI`` either): ``sqlite:///<save_dir>/mlflow.db``. A SQLite store's artifacts go beside
+            it, into ``<its folder>/artifacts`` (unless ``artifact_location`` says otherwise).
         save_dir: where a run without a tracking URI keeps its store.
         Everything else as Lightning's (``experiment_name``, ``run_name``, ``tags``, ``log_model``, ...).
     """
@@ -156,7 +158,9 @@ class MLFlowLogger(_LightningMLFlowLogger):
             store = Path(save_dir or "./mlruns").resolve()
             store.mkdir(parents=True, exist_ok=True)
             tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
-            artifact_location = artifact_location or (store / "artifacts").as_uri()
+        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
+            # beside the database (MLflow's default for a SQLite store: ./mlruns of wherever the run started)
+            artifact_location = (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "artifacts").as_uri()
         super().__init__(tracking_uri=tracking_uri, save_dir=save_dir, artifact_location=artifact_location,
                          **kwargs)
 
