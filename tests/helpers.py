@@ -100,3 +100,37 @@ def write_dicom(path: Path, stored: np.ndarray, position_z: float, instance: int
     ds.PixelData = stored.astype(np.uint16).tobytes()
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
+
+
+# -- a run killed outright -----------------------------------------------------------------------------------
+#: ``python <file> <overrides>``: segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH
+#: (``SEGBENCH_KILL_AT=EPOCH,BATCH``), as a preempted job dies: no handler runs (the resume tests)
+KILLER = '''
+"""segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH (SEGBENCH_KILL_AT=EPOCH,BATCH)."""
+import os, signal, sys
+import pytorch_lightning as pl
+import segbench.runtime.build as build
+import segbench.train as train
+
+EPOCH, BATCH = (int(v) for v in os.environ["SEGBENCH_KILL_AT"].split(","))
+
+
+class KillMidEpoch(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == EPOCH and batch_idx == BATCH:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+build_trainer = build.build_trainer
+
+
+def build_trainer_that_kills(cfg, output_dir):
+    trainer = build_trainer(cfg, output_dir)
+    trainer.callbacks.append(KillMidEpoch())
+    return trainer
+
+
+build.build_trainer = build_trainer_that_kills  # segbench.runtime.task.run looks it up there at each run
+sys.argv[0] = "segbench-train"
+train.main()
+'''

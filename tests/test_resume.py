@@ -18,39 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import console, script
+from helpers import KILLER, console, script
 
 pytestmark = pytest.mark.slow  # 4 training runs of 3 epochs
 
-KILLER = '''
-"""segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH (SEGBENCH_KILL_AT=EPOCH,BATCH)."""
-import os, signal, sys
-import pytorch_lightning as pl
-import segbench.runtime.build as build
-import segbench.train as train
-
-EPOCH, BATCH = (int(v) for v in os.environ["SEGBENCH_KILL_AT"].split(","))
-
-
-class KillMidEpoch(pl.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == EPOCH and batch_idx == BATCH:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-build_trainer = build.build_trainer
-
-
-def build_trainer_that_kills(cfg, output_dir):
-    trainer = build_trainer(cfg, output_dir)
-    trainer.callbacks.append(KillMidEpoch())
-    return trainer
-
-
-build.build_trainer = build_trainer_that_kills  # segbench.runtime.task.run looks it up there at each run
-sys.argv[0] = "segbench-train"
-train.main()
-'''
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:

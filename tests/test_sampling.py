@@ -35,7 +35,7 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler
 
-from helpers import cli, script, write_case
+from helpers import KILLER, cli, script, write_case
 from segbench.data import NiftiFolderSource, PatchDataModule, SegDataModule
 from segbench.data.datamodule3d import ClassAwarePatchDataset, PatchDataset
 from segbench.data.sampling import ClassAwareSampler, ClassAwareSampling, ForcedPatch, parse_classes
@@ -354,35 +354,6 @@ def test_the_device_path_resumes_mid_epoch_to_the_same_batches(tmp_path):
         assert all(torch.equal(a[k], b[k]) if torch.is_tensor(a[k]) else a[k] == b[k] for k in a)
 
 
-KILLER = '''
-"""segbench-train that SIGKILLs itself at the start of batch BATCH of epoch EPOCH (SEGBENCH_KILL_AT=EPOCH,BATCH)."""
-import os, signal, sys
-import pytorch_lightning as pl
-import segbench.runtime.build as build
-import segbench.train as train
-
-EPOCH, BATCH = (int(v) for v in os.environ["SEGBENCH_KILL_AT"].split(","))
-
-
-class KillMidEpoch(pl.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.current_epoch == EPOCH and batch_idx == BATCH:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-build_trainer = build.build_trainer
-
-
-def build_trainer_that_kills(cfg, output_dir):
-    trainer = build_trainer(cfg, output_dir)
-    trainer.callbacks.append(KillMidEpoch())
-    return trainer
-
-
-build.build_trainer = build_trainer_that_kills
-sys.argv[0] = "segbench-train"
-train.main()
-'''
 
 
 @pytest.mark.slow  # 3 training runs of 3 epochs each (55-62 s on 2 cores shared with other work)
