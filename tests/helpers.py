@@ -134,3 +134,18 @@ build.build_trainer = build_trainer_that_kills  # segbench.runtime.task.run look
 sys.argv[0] = "segbench-train"
 train.main()
 '''
+
+
+def run_phantom(run_dir: Path) -> Path:
+    """The phantom folder (``<data_dir>/phantom/<key>``, with ``img/`` and ``label/``) a run trained on: the session's
+    data folder holds the phantoms of several tests, so it is named by the run's own spec
+    (``results/summary.json``'s resolved config)."""
+    import json
+
+    from segbench.data.phantom import PhantomSpec
+
+    config = json.loads((Path(run_dir) / "results" / "summary.json").read_text())["config"]
+    spec = {k: v for k, v in config["data"]["phantom"].items() if v is not None}
+    if spec.get("slice_thickness"):
+        spec["slice_thickness"] = tuple(spec["slice_thickness"])
+    return Path(config["data"]["source"]["root"]) / PhantomSpec(**spec).key()

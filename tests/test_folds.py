@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from helpers import cli, console
+from helpers import cli, console, run_phantom
 from segbench.data.datamodule import SegDataModule, resolve_split
 from segbench.data.folds import NNUNET_SEED, kfold_case_ids, kfold_indices
 from segbench.data.sources import NiftiFolderSource
@@ -473,7 +473,7 @@ def test_a_5_fold_sweep_on_the_phantom_validates_every_case_once_and_pools(phant
     ensemble = json.loads((target / "results" / "summary.json").read_text())
     assert len(ensemble["run"]["ensemble"]) == 5 and ensemble["splits"]["test"] == plain["test"]
     (case,) = plain["test"]
-    (root,) = [d for d in (phantom_dir / "phantom").iterdir() if (d / "label" / f"label{case}.nii.gz").is_file()]
+    root = run_phantom(jobs[0])
     truth = np.asarray(nib.load(root / "label" / f"label{case}.nii.gz").dataobj)
     pred = np.asarray(nib.load(target / "predictions" / f"{case}.nii.gz").dataobj)
     rows = pd.read_csv(target / "results" / "per_case.csv", dtype={"case": str})

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import cli, console
+from helpers import cli, console, run_phantom
 from segbench.errors import ConfigError
 from segbench.metrics.results import CaseEvaluator
 from segbench.postprocess import check_postprocess, largest_component
@@ -198,8 +198,7 @@ def test_a_smoke_run_with_largest_component_writes_both_score_sets(smoke_run, ph
 
 @pytest.mark.slow  # two segbench-predict commands (20 s each on a loaded 2-core CPU, mostly start-up)
 def test_segbench_predict_writes_the_largest_components(smoke_run, phantom_dir, tmp_path):
-    (root,) = [p for p in (phantom_dir / "phantom").iterdir() if (p / "img").is_dir()]
-    scan = sorted((root / "img").iterdir())[0]
+    scan = sorted((run_phantom(smoke_run) / "img").iterdir())[0]
     for postprocess in ("none", "largest_component"):
         proc = cli("segbench.predict", f"run={smoke_run}", f"input={scan}", f"output={tmp_path / postprocess}",
                    f"postprocess={postprocess}")

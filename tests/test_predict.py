@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli, write_dicom
+from helpers import cli, run_phantom, write_dicom
 from segbench.data import NiftiFolderSource, PatchDataModule, SegDataModule
 from segbench.models.inference import case_probabilities, flip_sets, labels_at
 from segbench.runtime.predict import Member, find_scans, predict_volume, read_scan, write_case
@@ -176,8 +176,9 @@ def two_seeds(phantom_dir, tmp_path_factory) -> tuple[Path, Path]:
     return runs[0], runs[1]
 
 
-def phantom_case(phantom_dir: Path, case_id: str) -> tuple[Path, Path]:
-    (root,) = [p for p in (phantom_dir / "phantom").iterdir() if (p / "img").is_dir()]
+def phantom_case(run: Path, case_id: str) -> tuple[Path, Path]:
+    """A case's image and label files of the phantom ``run`` trained on."""
+    root = run_phantom(run)
     return root / "img" / f"img{case_id}.nii.gz", root / "label" / f"label{case_id}.nii.gz"
 
 
@@ -185,7 +186,7 @@ def phantom_case(phantom_dir: Path, case_id: str) -> tuple[Path, Path]:
 def test_an_ensemble_is_the_mean_of_its_members_softmax(two_seeds, phantom_dir, tmp_path):
     first, second = two_seeds
     test_id = json.loads((first / "splits.json").read_text())["test"][0]
-    image, _ = phantom_case(phantom_dir, test_id)
+    image, _ = phantom_case(first, test_id)
     outputs = {}
     for name, runs in (("a", str(first)), ("b", str(second)), ("ab", f"[{first},{second}]")):
         proc = predict(f"run={runs}", f"input={image}", f"output={tmp_path / name}", "save_probabilities=true")
@@ -319,7 +320,7 @@ def test_the_test_split_is_written_and_scored_on_the_scans_own_grid(resampled_ru
     splits = json.loads((resampled_run / "splits.json").read_text())
     rows = per_case_dsc(resampled_run)
     for case_id in splits["test"]:
-        image, label = phantom_case(phantom_dir, case_id)
+        image, label = phantom_case(resampled_run, case_id)
         pred = nib.load(resampled_run / "predictions" / f"{case_id}.nii.gz")
         truth = nib.load(label)
         assert pred.shape == truth.shape
