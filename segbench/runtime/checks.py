@@ -118,9 +118,14 @@ def missing_plugin(argv: list[str]) -> str | None:
     return None
 
 
+def asks_for_help(argv: list[str]) -> bool:
+    """Hydra's help and config-printing flags: the command line needs nothing else then."""
+    return any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg") or a.startswith("--info") for a in argv)
+
+
 def eval_argv_error(argv: list[str]) -> str | None:
     """The one-line error for a command line that cannot work, found before Hydra creates a run directory."""
-    if any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg") or a.startswith("--info") for a in argv):
+    if asks_for_help(argv):
         return None
     given = [a.split("=", 1)[1] for a in argv if a.lstrip("+").startswith("ckpt_path=")]
     if not given or not given[-1] or given[-1] in ("null", "???"):
@@ -138,7 +143,7 @@ PREDICT_USAGE = "segbench-predict run=<training run directory> input=<NIfTI file
 
 def predict_argv_error(argv: list[str]) -> str | None:
     """The one-line error for a segbench-predict command line without a run, an input or an output."""
-    if any(a in ("-h", "--help", "--hydra-help", "--info", "-c", "--cfg") or a.startswith("--info") for a in argv):
+    if asks_for_help(argv):
         return None
     given = {a.split("=", 1)[0].lstrip("+"): a.split("=", 1)[1] for a in argv if "=" in a}
     missing = [k for k in ("run", "input", "output") if given.get(k) in (None, "", "null", "???", "[]")]

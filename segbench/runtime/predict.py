@@ -129,15 +129,12 @@ def run_config(run_dir: Path, paths: DictConfig, trusted_modules=()) -> DictConf
     from hydra.core.utils import setup_globals
 
     from .. import config  # noqa: F401 - registers segbench's resolvers (a smoke run's model.width)
-    from .trust import checked_config
+    from .trust import checked_config, load_run_config
 
     setup_globals()  # Hydra's resolvers (${now:...} in run_name) outside a Hydra app (segbench-table --cv-ensemble)
 
     path = run_dir / ".hydra" / "config.yaml"
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as exc:  # noqa: BLE001 - not YAML, not a mapping
-        raise ConfigError(f"training config {path} is not a readable config ({type(exc).__name__})") from None
+    cfg = load_run_config(path)
     if not isinstance(cfg, DictConfig) or "data" not in cfg or "model" not in cfg:
         raise ConfigError(f"training config {path} has no data / model config; pass a segbench-train run directory")
     with open_dict(cfg):

@@ -279,11 +279,9 @@ def training_config(cfg: DictConfig) -> DictConfig:
     path = Path(cfg.train_config) if cfg.train_config else ckpt.resolve().parent.parent / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"training config {path} not found; pass train_config=<run>/.hydra/config.yaml")
-    try:
-        train_cfg = OmegaConf.load(path)
-    except Exception as exc:  # noqa: BLE001 - not YAML, not a mapping
-        raise ConfigError(f"training config {path} is not a readable config ({type(exc).__name__}); "
-                          "pass train_config=<run>/.hydra/config.yaml") from None
+    from .trust import checked_config, load_run_config
+
+    train_cfg = load_run_config(path, "; pass train_config=<run>/.hydra/config.yaml")
     if not isinstance(train_cfg, DictConfig):
         raise ConfigError(f"training config {path} is not a mapping; pass train_config=<run>/.hydra/config.yaml")
     with open_dict(train_cfg):
@@ -293,8 +291,6 @@ def training_config(cfg: DictConfig) -> DictConfig:
         train_cfg.data = OmegaConf.merge(train_cfg.data, cfg.data) if "data" in train_cfg else cfg.data
         # paths are re-resolved for this machine / this evaluation's run directory
         train_cfg.paths = cfg.paths
-    from .trust import checked_config
-
     return checked_config(train_cfg, cfg.get("trusted_modules") or (), source=f"training config {path}")
 
 

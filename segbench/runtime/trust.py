@@ -129,3 +129,14 @@ def checked_config(cfg, trusted_modules: Iterable[str] = (), source: str = "the 
     container = current_targets(container)
     check_targets(container, trusted_modules, source)
     return OmegaConf.create(container)
+
+
+def load_run_config(path, hint: str = ""):
+    """A run directory's saved config (``<run>/.hydra/config.yaml``) as OmegaConf reads it, nothing resolved or
+    built; a file that is not YAML is one :class:`ConfigError` naming it (``hint``: the fix, appended)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except Exception as exc:  # noqa: BLE001 - not YAML, not a mapping
+        raise ConfigError(f"training config {path} is not a readable config ({type(exc).__name__}){hint}") from None
