@@ -152,6 +152,18 @@ def package_files(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
 
+def empty_directory(python: Path, venv: Path, tmp_path: Path):
+    """``(work, env, package, files)``: an empty working directory, a clean environment, the installed package the
+    venv's Python imports there (checked to be the venv's own copy) and its files before a command runs."""
+    work = tmp_path / "empty"
+    work.mkdir()
+    env = clean_env()
+    package = Path(run([str(python), "-c", "import segbench; print(segbench.__file__)"], work,
+                       env).stdout.strip()).parent
+    assert package.is_relative_to(venv), f"segbench imported from {package}, not from the venv"
+    return work, env, package, package_files(package)
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """The wheel, built from the sources, and the Python of a fresh venv it is installed in."""
@@ -228,13 +240,7 @@ def test_the_installed_wheel_scores_a_folder_from_an_empty_directory(installed, 
         for folder, name, array in (("gt/label", f"label{case}", gt), ("pred", case, pred)):
             (files / folder).mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(array, affine), str(files / folder / f"{name}.nii.gz"))
-    work = tmp_path / "empty"
-    work.mkdir()
-    env = clean_env()
-    package = Path(run([str(python), "-c", "import segbench; print(segbench.__file__)"], work,
-                       env).stdout.strip()).parent
-    assert package.is_relative_to(venv)
-    before = package_files(package)
+    work, env, package, before = empty_directory(python, venv, tmp_path)
 
     proc = run([str(venv / "bin" / "segbench-score"), str(files / "pred"), str(files / "gt"), "--class-names",
                 "background,organ"], work, env)
@@ -255,13 +261,7 @@ def test_the_installed_wheel_logs_to_csv_under_the_run_directory(installed, tmp_
     the run directory, with the run's scalars and config, and nothing else is."""
     wheel, python = installed
     venv = python.parent.parent
-    work = tmp_path / "empty"
-    work.mkdir()
-    env = clean_env()
-    package = Path(run([str(python), "-c", "import segbench; print(segbench.__file__)"], work,
-                       env).stdout.strip()).parent
-    assert package.is_relative_to(venv)
-    before = package_files(package)
+    work, env, package, before = empty_directory(python, venv, tmp_path)
 
     proc = run([str(venv / "bin" / "segbench-train"), "debug=smoke", "num_threads=1", "logger=csv"], work, env)
 
