@@ -285,14 +285,13 @@ class SegModule(pl.LightningModule):
         planar = batch["image"].dim() == 4  # a 2D model's slices, or a whole 3D case
         probs = case_probabilities(self, batch["image"])
         original = batch.get("original")  # the scan's own grid, when the case was resampled (else None)
-        at = {"resampled": labels_at(probs, batch["native_shape"], planar, self.slice_batch).cpu().numpy()}
-        if original is not None:
-            at["original"] = labels_at(probs, original.shape, planar, self.slice_batch).cpu().numpy()
         scored = "original" if original is not None and self.grid == "original" else "resampled"
         written = "resampled" if original is None else "original"  # prediction files: on the scan's own grid
+        grids = {scored, written} if self.prediction_dir is not None else {scored}  # only the label maps used
+        shapes = {"resampled": batch["native_shape"], "original": None if original is None else original.shape}
+        at = {grid: labels_at(probs, shapes[grid], planar, self.slice_batch).cpu().numpy() for grid in grids}
         post = {}
         if self.evaluator.postprocess != "none":
-            grids = {scored, written} if self.prediction_dir is not None else {scored}
             post = {grid: apply_postprocess(at[grid], self.evaluator.postprocess) for grid in grids}
         if scored == "original":
             self.evaluator.add_case(batch["case_id"], at["original"], original.label, original.spacing,
