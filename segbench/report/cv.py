@@ -224,7 +224,6 @@ def fold_ensembles(runs: Sequence[Run], warn: Callable[[str], None], convention:
         folds = sorted(run.folds, key=lambda r: int(get_key(r, FOLD_KEY)))
         target = ensemble_dir(run)
         summary = target / "results" / "summary.json"
-        members = None
         try:
             recorded = json.loads(summary.read_text())["run"]["ensemble"] if summary.is_file() else None
         except (OSError, ValueError, KeyError, TypeError):

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -255,12 +255,11 @@ def read_scan(scan: Scan):
 # -- one case --------------------------------------------------------------------------------------------------
 @dataclass
 class Prediction:
-    """One case's result: the label map ``(Z, Y, X)`` in the scan's own orientation's canonical order, and
-    (when asked for) the class probabilities at the scan's grid, float16 ``(C, Z, Y, X)``."""
+    """One case's result on the scan's own grid, in the canonical orientation: the label map ``(Z, Y, X)`` and
+    (when asked for) the class probabilities, float16 ``(C, Z, Y, X)``."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
-    shape: tuple[int, ...] = field(default_factory=tuple)
 
 
 def ensemble_probabilities(members: list[Member], image, tta: bool = False):
@@ -294,7 +293,7 @@ def predict_volume(members: list[Member], vol, tta: bool = False, probabilities:
         total = ensemble_probabilities(members, image, tta)
         labels = labels_at(total, target_shape, planar=planar).cpu().numpy()
         probs_out = probabilities_at(total, target_shape, planar=planar) if probabilities else None
-    return Prediction(labels, probs_out, tuple(target_shape))
+    return Prediction(labels, probs_out)
 
 
 def score_test_split(members: list[Member], output: Path, tta: bool = False) -> dict[str, Any]:
